@@ -130,7 +130,9 @@ class CoolMomentum(Optimizer):
         lr = group["lr"]
         if isinstance(lr, Tensor):
             if lr.numel() != 1:
-                raise ValueError(f"lr as a tensor must hold one element, got shape {tuple(lr.shape)}")
+                raise ValueError(
+                    f"lr as a tensor must hold one element, got shape {tuple(lr.shape)}"
+                )
         elif not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr >= 0:
             raise ValueError(f"lr must be a number >= 0 (the step dt**2, e.g. 0.01), got {lr!r}")
         for key in ("weight_decay", "noise_std"):
@@ -169,7 +171,7 @@ class CoolMomentum(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # A callable schedule is saved as None: the one this optimizer was built with stays.
         callables = [g["schedule"] for g in self.param_groups]
-        for saved, mine in zip(state_dict["param_groups"], callables):
+        for saved, mine in zip(state_dict["param_groups"], callables, strict=False):
             if saved.get("schedule") is None and not callable(mine):
                 raise ValueError(
                     "this state_dict was saved with a callable schedule, which is not saved; "
@@ -179,7 +181,7 @@ class CoolMomentum(Optimizer):
         super().load_state_dict(state_dict)
         for device, rng_state in generator_states.items():
             self._generator(torch.device(device)).set_state(rng_state)
-        for group, mine in zip(self.param_groups, callables):
+        for group, mine in zip(self.param_groups, callables, strict=False):
             if group["schedule"] is None:
                 group["schedule"] = mine
             self._init_group_state(group)
@@ -195,7 +197,7 @@ class CoolMomentum(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """Take one step; ``closure``, if given, re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -217,7 +219,9 @@ class CoolMomentum(Optimizer):
                     )
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
                 params.append(p)
                 grads.append(p.grad)
                 bufs.append(state["momentum_buffer"])
@@ -321,7 +325,7 @@ def _single_tensor_update(
     """The reference loop, one tensor at a time; returns ``sum(v**2)`` when tracking."""
     norms = []
     scalar_mode = not any(isinstance(x, Tensor) for x in (rho, coef, lr))
-    for param, grad, buf in zip(_as_real(params), _as_real(grads), _as_real(bufs)):
+    for param, grad, buf in zip(_as_real(params), _as_real(grads), _as_real(bufs), strict=False):
         if maximize:
             grad = -grad
         if weight_decay:
@@ -362,7 +366,8 @@ def _foreach_update(
     )
     sq_norms = []
     scalar_mode = not any(isinstance(x, Tensor) for x in (rho, coef, lr))
-    for (device, dtype), ((dev_params_, dev_grads_, dev_bufs_), _) in grouped.items():  # type: ignore[misc]
+    for (device_, dtype_), ((dev_params_, dev_grads_, dev_bufs_), _) in grouped.items():
+        device, dtype = cast(torch.device, device_), cast(torch.dtype, dtype_)
         dev_params = cast(list[Tensor], dev_params_)
         dev_grads = cast(list[Tensor], dev_grads_)
         dev_bufs = cast(list[Tensor], dev_bufs_)

@@ -1,0 +1,504 @@
+"""``coolmomentum.torch.CoolMomentum`` against the formulas, ``torch.optim.SGD`` and itself."""
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from test_schedules import paper_rho
+
+from coolmomentum import CoolMomentum
+
+SCHEDULE_CASES = [
+    ("exponential", 0),
+    ("exponential", 4),
+    ("exponential-temperature", 0),
+    ("exponential-temperature", 3),
+    ("linear-temperature", 0),
+    ("linear-temperature", 5),
+    ("constant", 0),
+]
+
+
+def quadratic_problem(seed=0, sizes=(6, 3, 1)):
+    """Float64 tensors and a gradient g = A x + b per tensor (a fixed quadratic)."""
+    rng = np.random.default_rng(seed)
+    xs, mats, offsets = [], [], []
+    for n in sizes:
+        m = rng.normal(size=(n, n))
+        mats.append(m @ m.T / n + np.eye(n))
+        offsets.append(rng.normal(size=n))
+        xs.append(rng.normal(size=n))
+    return xs, mats, offsets
+
+
+def run_reference(xs, mats, offsets, steps, lr, rho_0, S, kind, hot, wd=0.0):
+    """The recurrence of DESIGN.md, in float64 numpy."""
+    xs = [x.copy() for x in xs]
+    vs = [np.zeros_like(x) for x in xs]
+    trajectory, temperatures = [], []
+    for k in range(steps):
+        r = paper_rho(k, rho_0, S, kind, hot)
+        sq, n = 0.0, 0
+        for i, (a, b) in enumerate(zip(mats, offsets)):
+            g = a @ xs[i] + b + wd * xs[i]
+            vs[i] = r * vs[i] - lr * (1 + r) / 2 * g
+            xs[i] = xs[i] + vs[i]
+            sq += float(vs[i] @ vs[i])
+            n += vs[i].size
+        trajectory.append([x.copy() for x in xs])
+        temperatures.append(sq / n)
+    return trajectory, temperatures, vs
+
+
+def run_torch(xs, mats, offsets, steps, **opt_kwargs):
+    params = [torch.tensor(x, requires_grad=True) for x in xs]
+    a_t = [torch.tensor(a) for a in mats]
+    b_t = [torch.tensor(b) for b in offsets]
+    opt = CoolMomentum(params, **opt_kwargs)
+    trajectory = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = sum(0.5 * p @ a @ p + b @ p for p, a, b in zip(params, a_t, b_t))
+        loss.backward()
+        opt.step()
+        trajectory.append([p.detach().numpy().copy() for p in params])
+    return trajectory, opt, params
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize(("kind", "hot"), SCHEDULE_CASES)
+def test_matches_float64_recurrence_for_every_schedule(kind, hot, foreach):
+    xs, mats, offsets = quadratic_problem()
+    S, steps, lr = 12, 25, 0.05  # runs past hot + S
+    ref, ref_temps, ref_v = run_reference(xs, mats, offsets, steps, lr, 0.9, S, kind, hot)
+    total = None if kind == "constant" else S
+    got, opt, params = run_torch(
+        xs,
+        mats,
+        offsets,
+        steps,
+        lr=lr,
+        rho_0=0.9,
+        total_steps=total,
+        schedule=kind,
+        hot_steps=hot,
+        foreach=foreach,
+    )
+    for k in range(steps):
+        for a, b in zip(got[k], ref[k]):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    for p, v in zip(params, ref_v):
+        np.testing.assert_allclose(
+            opt.state[p]["momentum_buffer"].numpy(), v, rtol=1e-12, atol=1e-15
+        )
+    (stats,) = opt.stats()
+    assert stats["step"] == steps
+    assert stats["rho"] == pytest.approx(paper_rho(steps - 1, 0.9, S, kind, hot), abs=1e-15)
+    assert stats["temperature"] == pytest.approx(float(np.mean(ref_temps)), rel=1e-12)
+    assert stats["temperature_steps"] == steps
+
+
+def test_first_step_descends_by_lr_times_gradient():
+    p = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    opt = CoolMomentum([p], lr=0.1, rho_0=0.99, total_steps=10)
+    p.grad = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    opt.step()
+    # v_0 = -lr (1 + rho_0) / 2 g: neither ascent nor a discarded gradient.
+    torch.testing.assert_close(
+        p.detach(),
+        torch.tensor([1.0, -2.0], dtype=torch.float64)
+        - 0.1 * 1.99 / 2 * torch.tensor([0.5, 1.0], dtype=torch.float64),
+    )
+
+
+class SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def train_steps(model, opt, steps, seed=0, closure=False):
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(8, 1, 8, 8, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 3, (8,), generator=gen)
+
+        def loss_fn(x=x, y=y):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        if closure:
+            losses.append(float(opt.step(loss_fn).detach()))
+        else:
+            losses.append(float(loss_fn().detach()))
+            opt.step()
+    return losses
+
+
+def make_net(seed=0):
+    torch.manual_seed(seed)
+    return SmallNet().double()
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_constant_rho_is_torch_sgd_with_momentum(foreach):
+    lr, rho_0 = 0.05, 0.9
+    a, b = make_net(), make_net()
+    ours = CoolMomentum(a.parameters(), lr=lr, rho_0=rho_0, schedule="constant", foreach=foreach)
+    sgd = torch.optim.SGD(b.parameters(), lr=lr * (1 + rho_0) / 2, momentum=rho_0)
+    train_steps(a, ours, 20)
+    train_steps(b, sgd, 20)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
+
+
+def test_paper_alpha_gives_the_same_trajectory_as_total_steps():
+    S = 15
+    a, b = make_net(), make_net()
+    alpha = (1 - 0.99) ** (1 / S)
+    train_steps(a, CoolMomentum(a.parameters(), lr=0.05, alpha=alpha), 25)
+    train_steps(b, CoolMomentum(b.parameters(), lr=0.05, total_steps=S), 25)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-12)
+
+
+def grads_for(params, k):
+    gen = torch.Generator().manual_seed(100 + k)
+    return [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+
+
+def test_foreach_and_single_tensor_paths_agree_on_awkward_parameter_sets():
+    def make():
+        torch.manual_seed(3)
+        return [
+            torch.randn(5, 4, dtype=torch.float64),
+            torch.zeros(0, 3, dtype=torch.float64),  # zero-size
+            torch.randn(7, dtype=torch.float64),  # stops getting gradients after step 3
+            torch.randn(2, 2, dtype=torch.complex128),
+            torch.randn(3, dtype=torch.float32),  # second dtype group
+        ]
+
+    runs = []
+    for foreach in (True, False):
+        params = [p.requires_grad_() for p in make()]
+        opt = CoolMomentum(
+            params, lr=0.1, total_steps=6, hot_steps=1, foreach=foreach, weight_decay=0.01
+        )
+        temps = []
+        for k in range(10):
+            opt.zero_grad(set_to_none=True)
+            if k != 5:  # step 5: no gradients at all
+                for i, (p, g) in enumerate(zip(params, grads_for(params, k))):
+                    if i == 2 and k > 3:
+                        continue
+                    p.grad = g
+            opt.step()
+            temps.append(opt.stats()[0]["temperature"])
+        runs.append((params, opt, temps))
+    (p1, o1, t1), (p2, o2, t2) = runs
+    for a, b in zip(p1, p2):
+        assert torch.equal(a, b)
+        if a.numel():
+            assert torch.equal(o1.state[a]["momentum_buffer"], o2.state[b]["momentum_buffer"])
+    assert t1 == pytest.approx(t2, rel=1e-6)
+    assert o1.stats()[0]["step"] == 10
+
+
+def test_parameters_without_gradient_are_untouched_and_have_no_state():
+    used = torch.nn.Parameter(torch.ones(3))
+    frozen = torch.nn.Parameter(torch.ones(3))
+    opt = CoolMomentum([used, frozen], lr=0.1, total_steps=5)
+    used.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(frozen.detach(), torch.ones(3))
+    assert frozen not in opt.state
+    assert not torch.equal(used.detach(), torch.ones(3))
+
+
+def test_complex_parameters_update_as_real_pairs():
+    z = torch.tensor([1 + 2j, -1j], dtype=torch.complex128, requires_grad=True)
+    r = torch.view_as_real(z.detach()).clone().requires_grad_()
+    oz = CoolMomentum([z], lr=0.1, total_steps=4)
+    orr = CoolMomentum([r], lr=0.1, total_steps=4)
+    for k in range(6):
+        g = grads_for([r], k)[0]
+        z.grad = torch.view_as_complex(g.clone())
+        r.grad = g
+        oz.step()
+        orr.step()
+    torch.testing.assert_close(torch.view_as_real(z.detach()), r.detach(), rtol=0, atol=0)
+
+
+def test_resume_through_torch_save_continues_bit_for_bit(tmp_path):
+    total, cut = 30, 13
+
+    def make_opt(model):
+        return CoolMomentum(
+            model.parameters(), lr=0.05, total_steps=20, hot_steps=3, weight_decay=1e-3
+        )
+
+    straight = make_net()
+    opt = make_opt(straight)
+    train_steps(straight, opt, cut, seed=1)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": straight.state_dict(), "opt": opt.state_dict()}, path)
+    train_steps(straight, opt, total - cut, seed=2)
+    straight_stats = opt.stats()
+
+    resumed = make_net(seed=99)  # different init: everything must come from the checkpoint
+    ckpt = torch.load(path, weights_only=True)
+    resumed.load_state_dict(ckpt["model"])
+    opt2 = make_opt(resumed)
+    opt2.load_state_dict(ckpt["opt"])
+    train_steps(resumed, opt2, total - cut, seed=2)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert opt2.stats() == straight_stats
+
+
+def test_state_is_one_buffer_per_parameter():
+    model = make_net()
+    opt = CoolMomentum(model.parameters(), lr=0.01, total_steps=10)
+    train_steps(model, opt, 2)
+    for p in model.parameters():
+        assert list(opt.state[p]) == ["momentum_buffer"]
+        assert opt.state[p]["momentum_buffer"].shape == p.shape
+    group_tensors = [k for k, v in opt.param_groups[0].items() if isinstance(v, torch.Tensor)]
+    assert sorted(group_tensors) == ["step", "temperature_start", "temperature_sum"]
+    assert all(opt.param_groups[0][k].numel() == 1 for k in group_tensors)
+
+
+def test_param_groups_follow_their_own_schedules():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = CoolMomentum(
+        [
+            {"params": [a]},
+            {
+                "params": [b],
+                "schedule": "linear-temperature",
+                "rho_0": 0.5,
+                "hot_steps": 2,
+                "lr": 0.2,
+            },
+        ],
+        lr=0.1,
+        total_steps=8,
+    )
+    for _ in range(5):
+        a.grad, b.grad = torch.ones(2), torch.ones(2)
+        opt.step()
+    s_a, s_b = opt.stats()
+    assert s_a["rho"] == pytest.approx(paper_rho(4, 0.99, 8, "exponential"))
+    assert s_b["rho"] == pytest.approx(paper_rho(4, 0.5, 8, "linear-temperature", 2))
+    assert (s_a["lr"], s_b["lr"]) == (0.1, 0.2)
+
+
+def test_a_group_may_use_alpha_where_the_defaults_use_total_steps():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = CoolMomentum([a], lr=0.1, total_steps=8)
+    opt.add_param_group({"params": [b], "alpha": 0.5})
+    assert opt.param_groups[1]["total_steps"] is None
+    with pytest.raises(ValueError, match="either total_steps or alpha"):
+        opt.add_param_group(
+            {"params": [torch.nn.Parameter(torch.ones(1))], "alpha": 0.5, "total_steps": 3}
+        )
+    assert len(opt.param_groups) == 2
+
+
+def test_closure_returns_the_loss_and_matches_the_explicit_loop():
+    a, b = make_net(), make_net()
+    la = train_steps(a, CoolMomentum(a.parameters(), lr=0.05, total_steps=10), 5, closure=True)
+    lb = train_steps(b, CoolMomentum(b.parameters(), lr=0.05, total_steps=10), 5)
+    assert la == lb
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_maximize_ascends_what_minimize_descends():
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    y = x.detach().clone().requires_grad_()
+    ox = CoolMomentum([x], lr=0.1, total_steps=5, maximize=True)
+    oy = CoolMomentum([y], lr=0.1, total_steps=5)
+    for _ in range(7):
+        ox.zero_grad()
+        oy.zero_grad()
+        (-(x**2).sum()).backward()
+        (y**2).sum().backward()
+        ox.step()
+        oy.step()
+    torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_l2_weight_decay_adds_to_the_gradient(foreach):
+    xs, mats, offsets = quadratic_problem(seed=4)
+    ref, _, _ = run_reference(xs, mats, offsets, 10, 0.05, 0.9, 6, "exponential", 0, wd=0.3)
+    got, _, _ = run_torch(
+        xs, mats, offsets, 10, lr=0.05, rho_0=0.9, total_steps=6, weight_decay=0.3, foreach=foreach
+    )
+    for a, b in zip(got[-1], ref[-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_decoupled_weight_decay_shrinks_the_weights(foreach):
+    lr, wd = 0.05, 0.3
+    x = torch.tensor([1.0, -3.0], dtype=torch.float64, requires_grad=True)
+    opt = CoolMomentum(
+        [x],
+        lr=lr,
+        rho_0=0.9,
+        schedule="constant",
+        weight_decay=wd,
+        decoupled_weight_decay=True,
+        foreach=foreach,
+    )
+    ref_x, ref_v = x.detach().clone(), torch.zeros(2, dtype=torch.float64)
+    for _ in range(5):
+        g = torch.tensor([0.5, 0.25], dtype=torch.float64)
+        x.grad = g.clone()
+        opt.step()
+        ref_x *= 1 - lr * wd
+        ref_v = 0.9 * ref_v - lr * 1.9 / 2 * g
+        ref_x += ref_v
+    torch.testing.assert_close(x.detach(), ref_x, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_lr_as_a_tensor_matches_lr_as_a_float(foreach):
+    a, b = make_net(), make_net()
+    train_steps(
+        a, CoolMomentum(a.parameters(), lr=torch.tensor(0.05), total_steps=10, foreach=foreach), 12
+    )
+    train_steps(b, CoolMomentum(b.parameters(), lr=0.05, total_steps=10), 12)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_capturable_keeps_the_schedule_on_the_device_and_matches_eager():
+    a, b = make_net(), make_net()
+    oa = CoolMomentum(a.parameters(), lr=0.05, total_steps=10, capturable=True)
+    train_steps(a, oa, 12)
+    train_steps(b, CoolMomentum(b.parameters(), lr=0.05, total_steps=10), 12)
+    assert oa.param_groups[0]["step"].device == next(a.parameters()).device
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
+
+
+def test_temperature_tracking_off():
+    model = make_net()
+    opt = CoolMomentum(model.parameters(), lr=0.05, total_steps=10, track_temperature=False)
+    train_steps(model, opt, 3)
+    assert opt.stats()[0]["temperature"] is None
+    assert opt.param_groups[0]["temperature_sum"].item() == 0
+
+
+def test_stats_window_resets_only_when_asked():
+    x = torch.nn.Parameter(torch.zeros(4))
+    opt = CoolMomentum([x], lr=1.0, rho_0=0.5, schedule="constant")
+    assert opt.stats()[0] == {
+        "step": 0,
+        "rho": 0.5,
+        "lr": 1.0,
+        "temperature": None,
+        "temperature_steps": 0,
+    }
+    x.grad = torch.ones(4)
+    opt.step()  # v = -0.75
+    x.grad = torch.zeros(4)
+    opt.step()  # v = -0.375
+    peek = opt.stats(reset=False)[0]
+    assert peek["temperature"] == pytest.approx((0.75**2 + 0.375**2) / 2)
+    assert opt.stats()[0] == peek
+    opt.step()  # v = -0.1875
+    assert opt.stats()[0]["temperature"] == pytest.approx(0.1875**2)
+
+
+def test_callable_schedule_is_not_pickled_and_reloads_with_the_same_callable():
+    def my_schedule(k):
+        return 0.9 / (1 + k)
+
+    x = torch.nn.Parameter(torch.ones(3))
+    opt = CoolMomentum([x], lr=0.1, schedule=my_schedule)
+    for _ in range(3):
+        x.grad = torch.ones(3)
+        opt.step()
+    assert opt.stats(reset=False)[0]["rho"] == pytest.approx(0.9 / 3)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    assert saved["param_groups"][0]["schedule"] is None
+    with pytest.raises(ValueError, match="saved with a callable schedule"):
+        CoolMomentum([torch.nn.Parameter(torch.ones(3))], lr=0.1, total_steps=5).load_state_dict(
+            saved
+        )
+    again = CoolMomentum([torch.nn.Parameter(torch.ones(3))], lr=0.1, schedule=my_schedule)
+    again.load_state_dict(saved)
+    assert again.param_groups[0]["schedule"] is my_schedule
+    assert again.stats()[0]["step"] == 3
+
+
+def test_sparse_gradients_are_refused_with_a_clear_message():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = CoolMomentum(emb.parameters(), lr=0.1, total_steps=5)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": -0.1, "total_steps": 5}, r"lr must be a number >= 0"),
+        ({"lr": torch.ones(2), "total_steps": 5}, r"lr as a tensor must hold one element"),
+        ({"rho_0": 1.0, "total_steps": 5}, r"rho_0 must be a number in \[0, 1\)"),
+        ({"rho_0": -0.5, "total_steps": 5}, r"rho_0 must be a number in \[0, 1\)"),
+        ({"total_steps": 0}, r"total_steps must be a number > 0"),
+        ({}, r"needs total_steps"),
+        ({"total_steps": 5, "alpha": 0.9}, r"either total_steps or alpha"),
+        ({"alpha": 1.2}, r"alpha must be in \(0, 1\]"),
+        ({"alpha": 0.0}, r"alpha must be in \(0, 1\]"),
+        ({"total_steps": 5, "schedule": "cosine"}, r"schedule must be one of"),
+        ({"total_steps": 5, "weight_decay": -1}, r"weight_decay must be a number >= 0"),
+        ({"total_steps": 5, "noise_std": -1}, r"noise_std must be a number >= 0"),
+        ({"total_steps": 5, "hot_steps": -2}, r"hot_steps must be an integer >= 0"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CoolMomentum([torch.nn.Parameter(torch.ones(1))], **kwargs)
+
+
+def test_compiled_step_does_not_recompile_as_rho_changes():
+    torch._dynamo.reset()
+    model = torch.nn.Linear(4, 2)
+    opt = CoolMomentum(model.parameters(), lr=0.05, total_steps=6)
+    reference = copy.deepcopy(model)
+    ref_opt = CoolMomentum(reference.parameters(), lr=0.05, total_steps=6)
+    compiled_step = torch.compile(opt.step, backend="eager", fullgraph=True)
+    x = torch.randn(3, 4)
+
+    def train(steps):
+        for _ in range(steps):
+            for m, step in ((model, compiled_step), (reference, ref_opt.step)):
+                m.zero_grad()
+                m(x).square().sum().backward()
+                step()
+
+    train(2)  # the first step creates the momentum buffers: one recompile, as for torch.optim
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        train(10)  # rho changes every step, then stays 0
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)
+    assert opt.stats()[0]["step"] == 12
