@@ -210,6 +210,8 @@ def test_foreach_and_single_tensor_paths_agree_on_awkward_parameter_sets():
         assert torch.equal(a, b)
         if a.numel():
             assert torch.equal(o1.state[a]["momentum_buffer"], o2.state[b]["momentum_buffer"])
+    assert t1[5] is None and t2[5] is None  # nothing was updated in step 5
+    del t1[5], t2[5]
     assert t1 == pytest.approx(t2, rel=1e-6)
     assert o1.stats()[0]["step"] == 10
 
@@ -274,7 +276,9 @@ def test_state_is_one_buffer_per_parameter():
         assert list(opt.state[p]) == ["momentum_buffer"]
         assert opt.state[p]["momentum_buffer"].shape == p.shape
     group_tensors = [k for k, v in opt.param_groups[0].items() if isinstance(v, torch.Tensor)]
-    assert sorted(group_tensors) == ["step", "temperature_start", "temperature_sum"]
+    assert sorted(group_tensors) == [
+        "step", "temperature_count", "temperature_start", "temperature_sum"
+    ]
     assert all(opt.param_groups[0][k].numel() == 1 for k in group_tensors)
 
 

@@ -190,18 +190,19 @@ class Schedule:
         """``rho`` at ``step`` (a number, or a scalar of the array namespace ``ops``)."""
         if self.fn is not None:
             return self.fn(step)
-        if self.total_steps is None:
+        if self.total_steps is None or math.isinf(self.total_steps):  # alpha = 1: no cooling
             return self.rho_0
         s = self.total_steps
-        progress = ops.clip(step - self.hot_steps, 0, s) / s  # j / S, in [0, 1]
+        # u = 1 - j/S, computed as (S - j) / S: exactly 0 at j = S even where a compiler fuses
+        # 1 - j * (1/S) into one multiply-add (XLA does), which would leave rho slightly < 0.
+        u = (s - ops.clip(step - self.hot_steps, 0, s)) / s
         if self.kind == "exponential":
-            return 1.0 - ops.exp(math.log1p(-self.rho_0) * (1.0 - progress))
+            return 1.0 - ops.exp(math.log1p(-self.rho_0) * u)
         if self.kind == "exponential-temperature":
             c = (1.0 - self.rho_0) / (1.0 + self.rho_0)
-            t = ops.exp(math.log(c) * (1.0 - progress))
+            t = ops.exp(math.log(c) * u)
             return (1.0 - t) / (1.0 + t)
         # linear-temperature
-        u = 1.0 - progress
         return self.rho_0 * u / (1.0 - self.rho_0 + self.rho_0 * u)
 
 

@@ -25,7 +25,7 @@ __all__ = ["CoolMomentum"]
 _SCHEDULE_KEYS = ("rho_0", "total_steps", "alpha", "schedule", "hot_steps")
 # Per-group tensors that live in ``param_groups`` (and so in ``state_dict()["param_groups"]``):
 # the schedule position and the temperature window.
-_GROUP_STATE = ("step", "temperature_sum", "temperature_start")
+_GROUP_STATE = ("step", "temperature_start", "temperature_sum", "temperature_count")
 
 
 def _schedule(group: dict[str, Any]) -> Schedule:
@@ -155,6 +155,7 @@ class CoolMomentum(Optimizer):
             ("step", step_device, step_dtype),
             ("temperature_start", step_device, step_dtype),
             ("temperature_sum", device, acc_dtype),
+            ("temperature_count", device, acc_dtype),
         ):
             value = group.get(key)
             if value is None:
@@ -222,9 +223,10 @@ class CoolMomentum(Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(
                         p, memory_format=torch.preserve_format
                     )
-                params.append(p)
-                grads.append(p.grad)
-                bufs.append(state["momentum_buffer"])
+                # DTensor (FSDP2, tensor parallel) shards are updated in place, locally.
+                params.append(_local(p))
+                grads.append(_local(p.grad))
+                bufs.append(_local(state["momentum_buffer"]))
 
             if group["noise_std"]:
                 # Drawn tensor by tensor in parameter order, so every path sees the same noise.
@@ -249,10 +251,11 @@ class CoolMomentum(Optimizer):
                 track_temperature=group["track_temperature"],
             )
             if sq_norm is not None:
-                numel = sum(p.numel() * (2 if p.is_complex() else 1) for p in params)
-                if numel:
-                    acc = group["temperature_sum"]
-                    acc.add_(sq_norm.to(device=acc.device, dtype=acc.dtype), alpha=1.0 / numel)
+                # Sums of v**2 and of element counts: their ratio is the mean, on one rank or,
+                # after summing over ranks, over every shard (stats(all_reduce=True)).
+                acc = group["temperature_sum"]
+                acc.add_(sq_norm.to(device=acc.device, dtype=acc.dtype))
+                group["temperature_count"].add_(sum(t.numel() for t in _as_real(params)))
             step.add_(1)
         return loss
 
@@ -270,7 +273,9 @@ class CoolMomentum(Optimizer):
         return rho, lr * (1 + rho) / 2
 
     @torch.no_grad()
-    def stats(self, reset: bool = True) -> list[dict[str, Any]]:
+    def stats(
+        self, reset: bool = True, *, all_reduce: bool = False, process_group: Any = None
+    ) -> list[dict[str, Any]]:
         """One dict per param group: ``step``, ``rho``, ``lr`` and ``temperature``.
 
         ``step`` is the number of steps taken; ``rho`` the coefficient of the latest step
@@ -278,6 +283,11 @@ class CoolMomentum(Optimizer):
         ``v_k**2``, averaged over the steps since the previous call with ``reset=True``
         (``None`` when none were taken or tracking is off); ``temperature_steps`` the number
         of steps in that window. This call synchronizes with the device; ``step()`` never does.
+
+        With ``all_reduce=True`` (a collective: every rank of ``process_group``, default the
+        world, must call it) the temperature is the mean over the elements of every rank:
+        over all shards with FSDP2 or ``ZeroRedundancyOptimizer``, and the same value as one
+        rank's with plain data parallelism.
         """
         out = []
         for group in self.param_groups:
@@ -286,9 +296,13 @@ class CoolMomentum(Optimizer):
             step = int(group["step"].item())
             rho = _schedule(group)(max(step - 1, 0))
             window = step - int(group["temperature_start"].item())
+            sums = torch.stack([group["temperature_sum"], group["temperature_count"]])
+            if all_reduce:
+                torch.distributed.all_reduce(sums, group=process_group)
+            total, count = sums.tolist()
             temperature = None
-            if group["track_temperature"] and window > 0:
-                temperature = group["temperature_sum"].item() / window
+            if group["track_temperature"] and window > 0 and count > 0:
+                temperature = total / count
             lr = group["lr"]
             out.append(
                 {
@@ -301,8 +315,15 @@ class CoolMomentum(Optimizer):
             )
             if reset:
                 group["temperature_sum"].zero_()
+                group["temperature_count"].zero_()
                 group["temperature_start"].copy_(group["step"])
         return out
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (a view: in-place updates reach the DTensor); else ``t``."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
 
 
 def _as_real(tensors: list[Tensor]) -> list[Tensor]:
