@@ -1,0 +1,179 @@
+"""CoolMomentum as a Keras 3 optimizer, for every Keras backend.
+
+Per model variable, at step ``k`` (``optimizer.iterations``, counted from 0)::
+
+    v_k     = rho_k * v_{k-1} - lr * (1 + rho_k) / 2 * g_k      (v_{-1} = 0)
+    x_{k+1} = x_k + v_k
+
+with ``rho_k`` from :mod:`coolmomentum.schedules`, evaluated with ``keras.ops`` on the
+optimizer's own step counter, so that it is saved and restored with the optimizer.
+
+Usage::
+
+    from coolmomentum.keras import CoolMomentum
+
+    model.compile(optimizer=CoolMomentum(learning_rate=0.01, rho_0=0.99, alpha=0.99998), ...)
+
+Importing this module imports Keras (and so its backend).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import ops
+
+from .schedules import RhoFn, Schedule
+
+__all__ = ["CoolMomentum"]
+
+
+def _schedule_dtype() -> str:
+    """float64 where the backend computes in it; JAX only does when x64 mode is on."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return str(jax.dtypes.canonicalize_dtype("float64"))
+    return "float64"
+
+
+@keras.saving.register_keras_serializable(package="coolmomentum")
+class CoolMomentum(keras.optimizers.Optimizer):
+    """Momentum SGD from Langevin dynamics whose momentum coefficient ``rho`` is annealed to 0.
+
+    Args:
+        learning_rate: ``lr``, the integration step ``dt**2``: a float, a
+            ``keras.optimizers.schedules.LearningRateSchedule`` or a callable, as for every
+            Keras optimizer. The effective SGD step is ``lr * (1 + rho) / 2``.
+        rho_0: initial momentum coefficient, in ``[0, 1)``.
+        total_steps: ``S``, the number of cooling steps; after ``hot_steps + S`` steps
+            ``rho`` is 0 for good. Needed by every schedule but ``"constant"`` and callables.
+        alpha: the paper's cooling rate, instead of ``total_steps`` for the exponential
+            schedule: ``S = ln(1 - rho_0) / ln(alpha)``; ``alpha = 1`` means no cooling.
+        schedule: ``"exponential"`` (paper, default), ``"exponential-temperature"``,
+            ``"linear-temperature"``, ``"constant"``, or a callable ``step -> rho`` that
+            receives the step as a floating-point backend scalar (use ``keras.ops`` in it).
+            A callable cannot be serialized: ``get_config()``, and so ``model.save()``,
+            raise ``ValueError`` for it; save the weights with ``model.save_weights()``.
+        hot_steps: ``H``, steps held at ``rho_0`` before cooling starts.
+        track_temperature: accumulate the temperature reported by :meth:`stats`; ``False``
+            saves a reduction per variable and step.
+        **kwargs: the base optimizer's options (``clipnorm``, ``global_clipnorm``,
+            ``clipvalue``, ``weight_decay`` (decoupled: ``x *= 1 - lr * weight_decay``
+            before the step), ``use_ema``, ``gradient_accumulation_steps``, ...).
+
+    The schedule position is ``self.iterations`` (with gradient accumulation, the number of
+    real updates). It, the velocities and the temperature window are optimizer variables,
+    so a model saved to ``.keras`` and loaded continues where it stopped.
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.01,
+        rho_0: float = 0.99,
+        total_steps: float | None = None,
+        alpha: float | None = None,
+        schedule: str | RhoFn = "exponential",
+        hot_steps: int = 0,
+        track_temperature: bool = True,
+        name: str = "coolmomentum",
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool):
+            if not learning_rate >= 0:
+                raise ValueError(
+                    f"learning_rate must be a number >= 0 (the step dt**2, e.g. 0.01), "
+                    f"got {learning_rate!r}"
+                )
+            learning_rate = float(learning_rate)
+        schedule_fn = Schedule.create(rho_0, total_steps, alpha, schedule, hot_steps)
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self._schedule = schedule_fn
+        self.rho_0 = rho_0
+        self.total_steps = total_steps
+        self.alpha = alpha
+        self.schedule = schedule
+        self.hot_steps = hot_steps
+        self.track_temperature = track_temperature
+
+    def build(self, variables: list[Any]) -> None:
+        if self.built:
+            return
+        super().build(variables)
+        self._velocities = self.add_optimizer_variables(variables, "velocity")
+        # The temperature is a mean over all the elements the optimizer updates.
+        self._num_elements = sum(
+            math.prod(v.shape)
+            for v, velocity in zip(variables, self._velocities, strict=True)
+            if velocity is not None
+        )
+        self._temperature_sum = self.add_variable(
+            (), dtype="float32", name="temperature_sum", aggregation="only_first_replica"
+        )
+        self._temperature_start = self.add_variable(
+            (), dtype="int", name="temperature_start", aggregation="only_first_replica"
+        )
+
+    def rho(self) -> Any:
+        """``rho`` for the step about to be taken, as a backend scalar."""
+        dtype = _schedule_dtype()
+        return ops.cast(self._schedule(ops.cast(self.iterations, dtype), ops=ops), dtype)
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        rho = self.rho()
+        coef = ops.cast(learning_rate, _schedule_dtype()) * (1.0 + rho) / 2.0
+        velocity = self._velocities[self._get_variable_index(variable)]
+        new_velocity = ops.subtract(
+            ops.multiply(velocity, ops.cast(rho, variable.dtype)),
+            ops.multiply(ops.cast(gradient, variable.dtype), ops.cast(coef, variable.dtype)),
+        )
+        self.assign(velocity, new_velocity)
+        self.assign_add(variable, new_velocity)
+        if self.track_temperature and self._num_elements:
+            sq = ops.sum(ops.square(ops.cast(new_velocity, "float32")))
+            self.assign_add(self._temperature_sum, sq / self._num_elements)
+
+    def stats(self, reset: bool = True) -> dict[str, Any]:
+        """``step``, ``rho`` (of the latest step), ``temperature`` and ``temperature_steps``.
+
+        ``temperature`` is the mean over all updated elements of ``v**2``, averaged over the
+        steps since the previous call with ``reset=True`` (``None`` when none were taken or
+        tracking is off). Call it outside compiled code, e.g. from a callback.
+        """
+        step = int(keras.ops.convert_to_numpy(self.iterations))
+        rho = float(self._schedule(max(step - 1, 0)))
+        if not self.built:
+            return {"step": step, "rho": rho, "temperature": None, "temperature_steps": 0}
+        window = step - int(keras.ops.convert_to_numpy(self._temperature_start))
+        temperature = None
+        if self.track_temperature and window > 0:
+            temperature = float(keras.ops.convert_to_numpy(self._temperature_sum)) / window
+        if reset:
+            # Fresh values, never the iterations buffer itself: a jitted train step donates
+            # every optimizer variable's buffer, and one buffer may not be donated twice.
+            self._temperature_sum.assign(0.0)
+            self._temperature_start.assign(step)
+        return {"step": step, "rho": rho, "temperature": temperature, "temperature_steps": window}
+
+    def get_config(self) -> dict[str, Any]:
+        if callable(self.schedule):
+            raise ValueError(
+                "a CoolMomentum optimizer with a callable schedule cannot be serialized "
+                "(get_config, model.save): use one of the named schedules, or save the "
+                "model's weights with model.save_weights() and rebuild the optimizer with "
+                "the same callable"
+            )
+        config = super().get_config()
+        config.update(
+            {
+                "rho_0": self.rho_0,
+                "total_steps": self.total_steps,
+                "alpha": self.alpha,
+                "schedule": self.schedule,
+                "hot_steps": self.hot_steps,
+                "track_temperature": self.track_temperature,
+            }
+        )
+        return config

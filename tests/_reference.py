@@ -1,0 +1,97 @@
+"""An independent float64 NumPy CoolMomentum, written from the formulas, and a test problem.
+
+Shared by the optax and Keras tests (and the Keras backend subprocesses); imports only NumPy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+RHO_0 = 0.9
+TOTAL_STEPS = 12
+HOT_STEPS = 4
+NUM_STEPS = 24  # the hot phase, S cooling steps, then 8 more at rho = 0
+LR = 0.125  # exact in binary, so float32 frameworks start from the same lr
+SCHEDULES = ("exponential", "exponential-temperature", "linear-temperature", "constant")
+
+_CURVATURE = np.linspace(0.5, 2.0, 6)
+_NOISE = np.random.default_rng(20210531).normal(size=(64, 6))
+X0 = np.linspace(-1.0, 1.5, 6)
+
+
+def gradient(x: np.ndarray, k: int) -> np.ndarray:
+    """The gradient at step ``k``: a quadratic bowl plus fixed minibatch-like noise."""
+    return _CURVATURE * x + _NOISE[k]
+
+
+def reference_rho(
+    k: int, schedule: str, rho_0: float = RHO_0, total_steps: float = TOTAL_STEPS, hot: int = 0
+) -> float:
+    """``rho_k`` from the table of the design notes, in the paper's own parameterization."""
+    if schedule == "constant":
+        return rho_0
+    s = total_steps
+    j = min(max(k - hot, 0), s)
+    if schedule == "exponential":
+        alpha = (1 - rho_0) ** (1 / s)
+        return max(0.0, 1 - (1 - rho_0) / alpha**j)
+    if schedule == "exponential-temperature":
+        c = (1 - rho_0) / (1 + rho_0)
+        beta = c ** (1 / s)
+        ratio = c / beta**j  # (1 - rho) / (1 + rho)
+        return max(0.0, (1 - ratio) / (1 + ratio))
+    if schedule == "linear-temperature":
+        return rho_0 * (1 - j / s) / (1 - rho_0 * j / s)
+    raise ValueError(schedule)
+
+
+def reference_trajectory(
+    rho: Callable[[int], float],
+    num_steps: int = NUM_STEPS,
+    lr: Callable[[int], float] | float = LR,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> tuple[np.ndarray, list[float]]:
+    """Parameters after every step (``num_steps x n``) and the mean of ``v**2`` per step."""
+    x = X0.copy()
+    v = np.zeros_like(x)
+    xs, mean_sq = [], []
+    for k in range(num_steps):
+        lr_k = lr(k) if callable(lr) else lr
+        g = gradient(x, k)
+        if weight_decay and decoupled:
+            x = x * (1 - lr_k * weight_decay)
+        elif weight_decay:
+            g = g + weight_decay * x
+        r = rho(k)
+        v = r * v - lr_k * (1 + r) / 2 * g
+        x = x + v
+        xs.append(x)
+        mean_sq.append(float(np.mean(v**2)))
+    return np.array(xs), mean_sq
+
+
+def torch_trajectory(
+    num_steps: int = NUM_STEPS,
+    lr: Callable[[int], float] | float = LR,
+    dtype_name: str = "float64",
+    **kwargs: object,
+) -> np.ndarray:
+    """The same problem with ``coolmomentum.torch.CoolMomentum`` (``kwargs`` go to it)."""
+    import torch
+
+    from coolmomentum.torch import CoolMomentum
+
+    dtype = getattr(torch, dtype_name)
+    x = torch.tensor(X0, dtype=dtype, requires_grad=True)
+    opt = CoolMomentum([x], lr=lr(0) if callable(lr) else lr, **kwargs)  # type: ignore[arg-type]
+    xs = []
+    for k in range(num_steps):
+        if callable(lr):
+            opt.param_groups[0]["lr"] = lr(k)
+        x.grad = torch.as_tensor(gradient(x.detach().numpy(), k), dtype=dtype)
+        opt.step()
+        xs.append(x.detach().numpy().copy())
+    return np.array(xs)
