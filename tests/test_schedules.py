@@ -1,4 +1,4 @@
-"""The cooling schedules against the paper's formulas, written out here independently."""
+"""The cooling schedules against the paper's formulas (tests/_reference.py writes them out)."""
 
 import itertools
 import math
@@ -7,6 +7,7 @@ import sys
 from decimal import Decimal, getcontext
 
 import pytest
+from _reference import reference_rho
 
 from coolmomentum import schedules
 from coolmomentum.schedules import (
@@ -21,30 +22,13 @@ from coolmomentum.schedules import (
 )
 
 
-def paper_rho(k, rho_0, S, kind, H=0):
-    """DESIGN.md section 1, term by term."""
-    j = min(max(k - H, 0), S)
-    if kind == "exponential":
-        alpha = (1 - rho_0) ** (1 / S)
-        return max(0.0, 1 - (1 - rho_0) / alpha**j)
-    if kind == "exponential-temperature":
-        c = (1 - rho_0) / (1 + rho_0)
-        beta = c ** (1 / S)
-        t = c / beta**j  # (1 - rho) / (1 + rho)
-        return (1 - t) / (1 + t)
-    if kind == "linear-temperature":
-        return rho_0 * (1 - j / S) / (1 - rho_0 * j / S)
-    assert kind == "constant"
-    return rho_0
-
-
 @pytest.mark.parametrize("kind", SCHEDULES)
 @pytest.mark.parametrize("hot", [0, 7])
 def test_every_schedule_follows_the_paper_formula(kind, hot):
     S = 50
     for k in range(0, hot + S + 20):
         got = rho(k, rho_0=0.99, total_steps=S, schedule=kind, hot_steps=hot)
-        assert got == pytest.approx(paper_rho(k, 0.99, S, kind, hot), rel=1e-12, abs=1e-15)
+        assert got == pytest.approx(reference_rho(k, kind, 0.99, S, hot), rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.parametrize("kind", SCHEDULES[:3])

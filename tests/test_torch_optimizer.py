@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from test_schedules import paper_rho
+from _reference import reference_rho
 
 from coolmomentum import CoolMomentum
 
@@ -39,7 +39,7 @@ def run_reference(xs, mats, offsets, steps, lr, rho_0, S, kind, hot, wd=0.0):
     vs = [np.zeros_like(x) for x in xs]
     trajectory, temperatures = [], []
     for k in range(steps):
-        r = paper_rho(k, rho_0, S, kind, hot)
+        r = reference_rho(k, kind, rho_0, S, hot)
         sq, n = 0.0, 0
         for i, (a, b) in enumerate(zip(mats, offsets)):
             g = a @ xs[i] + b + wd * xs[i]
@@ -95,7 +95,7 @@ def test_matches_float64_recurrence_for_every_schedule(kind, hot, foreach):
         )
     (stats,) = opt.stats()
     assert stats["step"] == steps
-    assert stats["rho"] == pytest.approx(paper_rho(steps - 1, 0.9, S, kind, hot), abs=1e-15)
+    assert stats["rho"] == pytest.approx(reference_rho(steps - 1, kind, 0.9, S, hot), abs=1e-15)
     assert stats["temperature"] == pytest.approx(float(np.mean(ref_temps)), rel=1e-12)
     assert stats["temperature_steps"] == steps
 
@@ -302,8 +302,8 @@ def test_param_groups_follow_their_own_schedules():
         a.grad, b.grad = torch.ones(2), torch.ones(2)
         opt.step()
     s_a, s_b = opt.stats()
-    assert s_a["rho"] == pytest.approx(paper_rho(4, 0.99, 8, "exponential"))
-    assert s_b["rho"] == pytest.approx(paper_rho(4, 0.5, 8, "linear-temperature", 2))
+    assert s_a["rho"] == pytest.approx(reference_rho(4, "exponential", 0.99, 8))
+    assert s_b["rho"] == pytest.approx(reference_rho(4, "linear-temperature", 0.5, 8, 2))
     assert (s_a["lr"], s_b["lr"]) == (0.1, 0.2)
 
 
