@@ -288,6 +288,11 @@ class CoolMomentum(Optimizer):
         world, must call it) the temperature is the mean over the elements of every rank:
         over all shards with FSDP2 or ``ZeroRedundancyOptimizer``, and the same value as one
         rank's with plain data parallelism.
+
+        With FSDP2 or ``ZeroRedundancyOptimizer`` each rank's window holds sums over its own
+        shards, and a sharded (DCP) or consolidated (ZeRO) checkpoint keeps one rank's copy
+        of the group state: checkpoint right after a call with ``reset=True`` to carry the
+        window exactly.
         """
         out = []
         for group in self.param_groups:
@@ -298,6 +303,11 @@ class CoolMomentum(Optimizer):
             window = step - int(group["temperature_start"].item())
             sums = torch.stack([group["temperature_sum"], group["temperature_count"]])
             if all_reduce:
+                if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                    raise ValueError(
+                        "stats(all_reduce=True) sums over the ranks of a process group; "
+                        "call torch.distributed.init_process_group() first"
+                    )
                 torch.distributed.all_reduce(sums, group=process_group)
             total, count = sums.tolist()
             temperature = None

@@ -1,0 +1,197 @@
+"""CoolMomentum under DDP, FSDP2 (with DCP checkpoints) and ZeroRedundancyOptimizer.
+
+Two CPU ranks (gloo) run the cases in ``_distributed_cases.py``: one launch trains every case
+and writes checkpoints, a second launch (fresh processes) resumes from them. Each result is
+compared with a single-process run on the whole batch, computed here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+    pytest.skip("torch.distributed with the gloo backend is not available", allow_module_level=True)
+
+import _distributed_cases as cases
+
+from coolmomentum.torch import CoolMomentum
+
+HERE = Path(__file__).parent
+TIMEOUT_S = 240
+# Double precision, and the only difference from the reference is the order of the sums
+# over the batch: a few ulps.
+CLOSE = dict(rtol=1e-12, atol=1e-15)
+
+
+def _launch(phase: str, outdir: Path) -> None:
+    """Run ``phase`` on ``cases.WORLD`` fresh processes; fail with their output if one fails."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    env.update(WORLD_SIZE=str(cases.WORLD), LOCAL_WORLD_SIZE=str(cases.WORLD), OMP_NUM_THREADS="1")
+    procs, logs = [], []
+    for rank in range(cases.WORLD):
+        log = outdir / f"{phase}_rank{rank}.log"
+        logs.append(log)
+        with log.open("w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(HERE / "_distributed_cases.py"), phase, str(outdir)],
+                    env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        codes = [proc.wait(timeout=TIMEOUT_S) for proc in procs]
+    except subprocess.TimeoutExpired:
+        codes = None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if codes != [0] * cases.WORLD:
+        output = "\n".join(f"--- {log.name}\n{log.read_text()[-4000:]}" for log in logs)
+        pytest.fail(f"{phase} phase failed (exit codes {codes}):\n{output}")
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("distributed")
+    _launch("train", out)
+    _launch("resume", out)
+    return out
+
+
+def _result(outdir: Path, case: str) -> dict:
+    return torch.load(outdir / f"{case}.pt", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    """One process, the whole batch (``WORLD * BATCH``) per step, the same schedule of calls."""
+    net = cases.model()
+    opt = CoolMomentum(net.parameters(), **cases.OPTIM)
+    x, y = cases.data()
+    reset_stats = None
+    for k in range(cases.STEPS):
+        opt.zero_grad()
+        cases.loss_fn(net, x[k], y[k]).backward()
+        opt.step()
+        if k + 1 == cases.RESET_AT:
+            reset_stats = opt.stats()
+    params = dict(net.named_parameters())
+    return {
+        "params": {name: p.detach() for name, p in params.items()},
+        "buffers": {name: opt.state[p]["momentum_buffer"] for name, p in params.items()},
+        "group": opt.param_groups[0],
+        "reset_stats": reset_stats,
+        "stats": opt.stats(reset=False),
+    }
+
+
+def _assert_same_stats(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want) == 1
+    assert {k: v for k, v in got[0].items() if k != "temperature"} == {
+        k: v for k, v in want[0].items() if k != "temperature"
+    }
+    assert got[0]["temperature"] == pytest.approx(want[0]["temperature"], rel=1e-12)
+
+
+def _assert_matches_reference(result: dict, reference: dict) -> None:
+    assert result["params"].keys() == reference["params"].keys()
+    for name, want in reference["params"].items():
+        torch.testing.assert_close(result["params"][name], want, **CLOSE, msg=name)
+        torch.testing.assert_close(result["buffers"][name], reference["buffers"][name], **CLOSE)
+    # The temperature over the elements of every rank: the single-process value.
+    _assert_same_stats(result["reset_stats"], reference["reset_stats"])
+    _assert_same_stats(result["stats"], reference["stats"])
+
+
+def _assert_identical(resumed: dict, uninterrupted: dict) -> None:
+    for name, want in uninterrupted["params"].items():
+        assert torch.equal(resumed["params"][name], want), name
+        assert torch.equal(resumed["buffers"][name], uninterrupted["buffers"][name]), name
+    for key, want in uninterrupted["group_state"].items():  # every rank's step and window
+        assert all(map(torch.equal, resumed["group_state"][key], want)), key
+    assert resumed["stats"] == uninterrupted["stats"]
+
+
+def test_ddp_matches_one_process_on_the_whole_batch(outdir, reference):
+    result = _result(outdir, "ddp")
+    _assert_matches_reference(result, reference)
+    # Replicated parameters: every rank holds the same window, the whole model's.
+    for key, per_rank in result["group_state"].items():
+        assert all(torch.equal(t, per_rank[0]) for t in per_rank), key
+    counts = result["group_state"]["temperature_count"]
+    assert counts[0] == reference["group"]["temperature_count"]
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_fsdp2_matches_the_unsharded_run(outdir, reference, foreach):
+    result = _result(outdir, f"fsdp2_foreach_{foreach}")
+    _assert_matches_reference(result, reference)
+    # Each rank counts the elements of its own (uneven) shards; together, the whole model.
+    counts = result["group_state"]["temperature_count"]
+    assert counts[0] != counts[1]
+    assert sum(counts) == reference["group"]["temperature_count"]
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_fsdp2_updates_the_local_shards_in_place(outdir, foreach):
+    result = _result(outdir, f"fsdp2_foreach_{foreach}")
+    assert result["param_types"] == ["DTensor"]
+    # The state is sharded like the parameters (no full-size copy on any rank)...
+    assert result["buffer_types"] == ["DTensor"]
+    assert result["buffer_placements"] == result["param_placements"]
+    assert all(p == "(Shard(dim=0),)" for p in result["param_placements"])
+    # ...and every step ran the requested path on plain local tensors of the shards' shapes.
+    path = "_foreach_update" if foreach else "_single_tensor_update"
+    assert len(result["update_calls"]) == cases.STEPS
+    for call in result["update_calls"]:
+        assert call["path"] == path
+        assert call["types"] == ["Tensor"]
+        assert call["shapes"] == result["local_shapes"]
+    assert result["local_shapes"] == [(3, 6), (3,), (2, 5), (2,)]  # rank 0 of 5, 5, 3, 3 rows
+
+
+def test_fsdp2_dcp_checkpoint_resumes_bit_for_bit(outdir):
+    resumed = _result(outdir, "fsdp2_resumed")
+    # get_state_dict on the fresh optimizer takes an lr=0 step to create the state; the
+    # loaded schedule position replaces that step's count.
+    assert resumed["step_after_load"] == cases.CHECKPOINT_AT
+    _assert_identical(resumed, _result(outdir, "fsdp2_foreach_True"))
+
+
+def test_zero_matches_the_plain_optimizer(outdir, reference):
+    result = _result(outdir, "zero")
+    _assert_matches_reference(result, reference)
+    owned = result["owned"]  # each rank steps a disjoint, non-empty part of the model
+    assert all(owned)
+    assert sorted(name for names in owned for name in names) == sorted(reference["params"])
+    # Same arithmetic per element as DDP with the plain optimizer: the same bits.
+    ddp = _result(outdir, "ddp")
+    for name, want in ddp["params"].items():
+        assert torch.equal(result["params"][name], want), name
+        assert torch.equal(result["buffers"][name], ddp["buffers"][name]), name
+
+
+def test_zero_consolidated_state_dict_resumes_exactly(outdir):
+    _assert_identical(_result(outdir, "zero_resumed"), _result(outdir, "zero"))
+
+
+def test_stats_all_reduce_needs_a_process_group():
+    assert not torch.distributed.is_initialized()
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = CoolMomentum([param], lr=0.01, rho_0=0.9, total_steps=4)
+    param.grad = torch.ones(3)
+    opt.step()
+    with pytest.raises(ValueError, match="init_process_group"):
+        opt.stats(all_reduce=True)
+    # The failed call reset nothing: the window is still there for a local read.
+    assert opt.stats()[0]["temperature"] == pytest.approx((0.01 * 1.9 / 2) ** 2)
