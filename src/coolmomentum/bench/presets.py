@@ -1,0 +1,124 @@
+"""Named experiment setups: the authors' runs and a Fashion-MNIST demo.
+
+A preset is plain data: the run settings and the optimizers to compare. Every value of the
+``paper-*`` presets comes from the authors' public scripts (repository borbysh/coolmomentum):
+
+- ``resnet_cool200.py`` / ``resnet_adam200.py`` / ``resnet_sgd200.py``: the Keras CIFAR-10
+  ResNet example (``keras/examples/cifar10_resnet.py``) with ResNet-20 v1, batch 32, 200
+  epochs, ``subtract_pixel_mean``, ``width/height_shift_range=0.1`` with ``fill_mode="nearest"``
+  and horizontal flips, ``kernel_regularizer=l2(1e-4)`` on every convolution (not the dense
+  layer), steps per epoch ``50000 // 32 = 1562``; CoolMomentum ``learning_rate=0.01,
+  rho_0=0.99, alpha=(1 - rho_0)**(1/(200 * 1562))``; Adam ``1e-3`` and SGD ``0.01`` with
+  momentum 0.9 under the example's ``lr_schedule``: x0.1 after epoch 80, x0.01 after 120,
+  x0.001 after 160, x0.0005 after 180.
+- ``train_cifar10.py`` + ``optimizers/__init__.py``: ResNet-34 on CIFAR-10, batch 128 (the
+  last partial batch kept: 391 steps per epoch), 200 epochs, random crop with 4 pixels of
+  padding and horizontal flips, normalization by mean (0.4914, 0.4822, 0.4465) and std
+  (0.2023, 0.1994, 0.2010); CoolMomentum ``lr=0.01, momentum(rho_0)=0.99,
+  weight_decay=5e-4, beta=(1 - 0.99)**(1/(200 * 391))``, i.e. cooling over 78,200 steps.
+- ``optimizers/cool_lin.py``, ``optimizers/coolmomentum.py`` and the figure
+  ``lin_vs_exp.png``: linear-temperature and exponential cooling compared on the ResNet-34
+  setup when the run stays hot at ``rho_0`` and cools only over its last 50 or 100 epochs.
+  The public scripts do not show how the hot phase was held; here it is ``hot_steps``.
+
+Keras' ``l2(1e-4)`` adds ``1e-4 * sum(w**2)`` to the loss, whose gradient is ``2e-4 * w``:
+the ResNet-20 preset therefore uses ``weight_decay=2e-4`` on convolution kernels only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PRESETS"]
+
+_KERAS_LR_DECAY = [[81, 0.1], [121, 0.01], [161, 0.001], [181, 0.0005]]
+
+_RESNET34_CIFAR10: dict[str, Any] = {
+    "dataset": "cifar10",
+    "model": "resnet34",
+    "epochs": 200,
+    "batch_size": 128,
+    "drop_last": False,
+    "augment": "crop-flip",
+    "normalize": "channel",
+    "mean": [0.4914, 0.4822, 0.4465],
+    "std": [0.2023, 0.1994, 0.2010],
+    "eval_batch_size": 100,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "fashion-mnist-demo": {
+        "description": (
+            "The default demo: a 94 k-parameter convnet on 20,000 Fashion-MNIST training "
+            "images for 4 epochs; CoolMomentum cools over the whole run, SGD and Adam use a "
+            "constant learning rate. About 5 minutes for all three on 2 CPU cores."
+        ),
+        "dataset": "fashion-mnist",
+        "model": "convnet",
+        "epochs": 4,
+        "batch_size": 64,
+        "train_subset": 20000,
+        "augment": "none",
+        "normalize": "channel",
+        "runs": [
+            {"optimizer": "coolmomentum", "lr": 0.05, "rho_0": 0.99},
+            {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9},
+            {"optimizer": "adam", "lr": 1e-3},
+        ],
+    },
+    "paper-resnet20-cifar10": {
+        "description": "The authors' Keras ResNet-20 v1 CIFAR-10 comparison (paper Fig. 1).",
+        "dataset": "cifar10",
+        "model": "resnet20",
+        "epochs": 200,
+        "batch_size": 32,
+        "drop_last": True,
+        "augment": "shift-flip",
+        "normalize": "pixel-mean",
+        "weight_decay_params": "conv",
+        "runs": [
+            {"optimizer": "coolmomentum", "lr": 0.01, "rho_0": 0.99, "weight_decay": 2e-4},
+            {"optimizer": "adam", "lr": 1e-3, "weight_decay": 2e-4, "lr_decay": _KERAS_LR_DECAY},
+            {
+                "optimizer": "sgd",
+                "lr": 0.01,
+                "momentum": 0.9,
+                "weight_decay": 2e-4,
+                "lr_decay": _KERAS_LR_DECAY,
+            },
+        ],
+    },
+    "paper-resnet34-cifar10": {
+        "description": "The authors' PyTorch ResNet-34 CIFAR-10 run (paper Fig. 2).",
+        **_RESNET34_CIFAR10,
+        "runs": [
+            {
+                "optimizer": "coolmomentum",
+                "lr": 0.01,
+                "rho_0": 0.99,
+                "weight_decay": 5e-4,
+                "total_steps": 78200,
+            },
+        ],
+    },
+    "cooling-lin-vs-exp": {
+        "description": (
+            "Linear-temperature vs exponential cooling on the ResNet-34 setup, hot for 150 or "
+            "100 epochs, cooling over the last 50 or 100."
+        ),
+        **_RESNET34_CIFAR10,
+        "runs": [
+            {
+                "optimizer": "coolmomentum",
+                "label": f"{schedule}-last{cool}",
+                "schedule": schedule,
+                "lr": 0.01,
+                "rho_0": 0.99,
+                "weight_decay": 5e-4,
+                "hot_epochs": 200 - cool,
+            }
+            for cool in (50, 100)
+            for schedule in ("exponential", "linear-temperature")
+        ],
+    },
+}

@@ -1,0 +1,341 @@
+"""The training harness and its command line, end to end on tiny files in the official formats."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_data import write_fashion_mnist
+
+from coolmomentum import schedules
+from coolmomentum.bench import cli, train
+from coolmomentum.bench.presets import PRESETS
+from coolmomentum.bench.report import PLOTS
+
+TINY = ["--dataset", "fashion-mnist", "--model", "convnet", "--batch-size", "16", "--seed", "3"]
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("COOLMOMENTUM_DATA", raising=False)
+    folder = tmp_path / "fmnist"
+    write_fashion_mnist(folder, n_train=64, n_test=24)
+    return folder
+
+
+def run_cli(*args):
+    return cli.main([str(a) for a in args])
+
+
+def test_compare_writes_configs_metrics_checkpoints_and_the_report(data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli("compare", *TINY, "--data-dir", data_dir, "--epochs", 2, "--out", out) == 0
+    for label in ("coolmomentum", "sgd", "adam"):
+        run = out / label
+        config = json.loads((run / "config.json").read_text())
+        assert config["runs"][0]["optimizer"] == label
+        assert config["epochs"] == 2 and config["batch_size"] == 16
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in metrics] == [1, 2]
+        for m in metrics:
+            assert set(m) >= {
+                "train_loss",
+                "train_acc",
+                "test_loss",
+                "test_acc",
+                "lr",
+                "rho",
+                "temperature",
+                "seconds",
+            }
+            assert math.isfinite(m["train_loss"]) and 0 <= m["test_acc"] <= 1
+        ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+        assert ckpt["epoch"] == 2 and ckpt["metrics"] == metrics
+        assert not list(run.glob("*.tmp"))
+    cool = [
+        json.loads(line) for line in (out / "coolmomentum/metrics.jsonl").read_text().splitlines()
+    ]
+    # 64 images, batch 16: 4 steps per epoch, cooling over all 8 steps; rho of the last step.
+    assert cool[0]["rho"] == pytest.approx(schedules.rho(3, total_steps=8), rel=1e-12)
+    assert cool[1]["rho"] == pytest.approx(schedules.rho(7, total_steps=8), rel=1e-12)
+    assert cool[0]["temperature"] > 0
+    report = (out / "report.md").read_text()
+    for label in ("coolmomentum", "sgd", "adam"):
+        assert f"| {label} | 2 |" in report
+    for name, *_ in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in report
+    assert "report:" in capsys.readouterr().out
+
+
+def test_runs_with_one_seed_share_initial_weights_and_batches(data_dir, tmp_path):
+    out = tmp_path / "out"
+    common = [*TINY, "--data-dir", data_dir, "--epochs", 1, "--lr", 1e-12]
+    run_cli("compare", *common, "--optimizers", "sgd,adam", "--out", out)
+    a = torch.load(out / "sgd/checkpoint.pt", weights_only=True)
+    b = torch.load(out / "adam/checkpoint.pt", weights_only=True)
+    # With a negligible step both runs stay at the shared initial weights and saw the same data.
+    for key, value in a["model"].items():
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(value, b["model"][key], rtol=0, atol=1e-6)
+    assert a["metrics"][0]["train_loss"] == pytest.approx(b["metrics"][0]["train_loss"], rel=1e-5)
+
+
+def _cli_command(out, data_dir, epochs, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "coolmomentum",
+        "train",
+        *TINY,
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_result(data_dir, tmp_path):
+    epochs = 6
+    straight = tmp_path / "straight"
+    subprocess.run(_cli_command(straight, data_dir, epochs), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    ckpt = killed / "coolmomentum" / "checkpoint.pt"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for kill_after_epoch in (1, 3):
+        proc = subprocess.Popen(
+            _cli_command(killed, data_dir, epochs, "--resume"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= kill_after_epoch:
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run(
+        _cli_command(killed, data_dir, epochs, "--resume"),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "resuming after epoch" in done.stdout
+
+    a = torch.load(straight / "coolmomentum/checkpoint.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    assert b["epoch"] == epochs
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+    def timeless(metrics):
+        return [
+            {k: v for k, v in m.items() if k not in ("seconds", "images_per_s")} for m in metrics
+        ]
+
+    assert timeless(a["metrics"]) == timeless(b["metrics"])
+    assert timeless(train.load_metrics(killed / "coolmomentum")) == timeless(a["metrics"])
+
+
+def test_existing_checkpoint_needs_resume_and_the_same_config(data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["train", *TINY, "--data-dir", data_dir, "--epochs", 1, "--out", out]
+    assert run_cli(*args) == 0
+    assert run_cli(*args) == 2
+    assert "pass --resume to continue" in capsys.readouterr().err
+    assert run_cli(*args, "--resume", "--lr", 0.5) == 2
+    err = capsys.readouterr().err
+    assert "written by another configuration" in err and "0.5" in err
+    assert run_cli(*args, "--resume", "--epochs", 2) == 2
+    assert "epochs: 1 in the checkpoint, 2 now" in capsys.readouterr().err
+    # Where the data lives may change between a run and its resumption.
+    moved = tmp_path / "moved"
+    data_dir.rename(moved)
+    assert (
+        run_cli("train", *TINY, "--data-dir", moved, "--epochs", 1, "--out", out, "--resume") == 0
+    )
+
+
+def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from coolmomentum.bench import data
+
+    monkeypatch.delenv("COOLMOMENTUM_DATA", raising=False)
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "none")
+    assert run_cli("train", *TINY, "--data-dir", tmp_path / "empty", "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "dataset-fashion-mnist" in err and str(tmp_path / "empty") in err
+
+
+def test_bad_settings_are_clear_errors(data_dir, tmp_path, capsys):
+    base = ["compare", *TINY, "--data-dir", data_dir, "--out", tmp_path / "o"]
+    assert run_cli(*base, "--set", "sgd.nonsense=1") == 2
+    assert "'nonsense' is not an optimizer setting" in capsys.readouterr().err
+    assert run_cli(*base, "--set", "lamb.lr=1") == 2
+    assert "expected LABEL.KEY=VALUE" in capsys.readouterr().err
+    assert run_cli(*base, "--optimizers", "lamb") == 2
+    assert "unknown optimizer 'lamb'" in capsys.readouterr().err
+    assert run_cli(*base, "--batch-size", 1000) == 2
+    assert "larger than the 64 training images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(*base, "--lr-decay", "80-0.1")
+    assert "EPOCH:FACTOR" in capsys.readouterr().err
+
+
+def test_set_changes_one_run_and_lr_decay_steps_the_learning_rate(data_dir, tmp_path):
+    out = tmp_path / "out"
+    run_cli(
+        "compare",
+        *TINY,
+        "--data-dir",
+        data_dir,
+        "--epochs",
+        3,
+        "--out",
+        out,
+        "--optimizers",
+        "sgd,adam",
+        "--set",
+        "sgd.lr=0.2",
+        "--set",
+        "sgd.lr_decay=1:0.5,2:0.1",
+    )
+    sgd = train.load_metrics(out / "sgd")
+    assert [m["lr"] for m in sgd] == pytest.approx([0.2, 0.1, 0.02])
+    assert [m["lr"] for m in train.load_metrics(out / "adam")] == pytest.approx([1e-3] * 3)
+
+
+def test_hot_phase_in_epochs_holds_rho_0_then_cools_over_the_rest(data_dir, tmp_path):
+    out = tmp_path / "out"
+    run_cli(
+        "train",
+        *TINY,
+        "--data-dir",
+        data_dir,
+        "--epochs",
+        3,
+        "--out",
+        out,
+        "--hot-epochs",
+        1,
+        "--schedule",
+        "linear-temperature",
+    )
+    rhos = [m["rho"] for m in train.load_metrics(out / "coolmomentum")]
+    expected = [
+        schedules.rho(k, total_steps=8, hot_steps=4, schedule="linear-temperature")
+        for k in (3, 7, 11)
+    ]
+    assert rhos == pytest.approx(expected, rel=1e-12)
+    assert rhos[0] == 0.99 and 0 < rhos[2] < rhos[1] < 0.99
+
+
+def test_paper_presets_hold_the_authors_values():
+    r20, r34 = PRESETS["paper-resnet20-cifar10"], PRESETS["paper-resnet34-cifar10"]
+    assert (r20["model"], r20["batch_size"], r20["epochs"]) == ("resnet20", 32, 200)
+    assert r20["normalize"] == "pixel-mean" and r20["augment"] == "shift-flip"
+    runs = {r["optimizer"]: r for r in r20["runs"]}
+    assert (runs["coolmomentum"]["lr"], runs["coolmomentum"]["rho_0"]) == (0.01, 0.99)
+    assert runs["adam"]["lr"] == 1e-3 and runs["sgd"]["momentum"] == 0.9
+    assert "lr_decay" not in runs["coolmomentum"]
+    (cool,) = r34["runs"]
+    assert cool["total_steps"] == 200 * math.ceil(50000 / 128) == 78200
+    assert (r34["batch_size"], r34["drop_last"], cool["weight_decay"]) == (128, False, 5e-4)
+    lin = PRESETS["cooling-lin-vs-exp"]["runs"]
+    assert sorted(r["hot_epochs"] for r in lin) == [100, 100, 150, 150]
+    for name, preset in PRESETS.items():
+        config = train.RunConfig(**{k: v for k, v in preset.items()}, preset=name)
+        assert config.runs
+
+
+def test_resnet20_preset_decays_conv_kernels_only():
+    from coolmomentum.bench.models import build_model
+
+    model = build_model("resnet20", 3, 10)
+    spec = train.OptimizerSpec(optimizer="coolmomentum", weight_decay=2e-4)
+    decay, no_decay = train.param_groups(model, spec, "conv")
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {id(p) for p in decay["params"]} == {id(p) for p in convs}
+    assert no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="the Debian package dataset-fashion-mnist is not installed",
+)
+def test_smoke_on_real_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.delenv("COOLMOMENTUM_DATA", raising=False)
+    out = tmp_path / "real"
+    assert (
+        run_cli("train", "--epochs", 1, "--train-subset", 2048, "--test-subset", 1000, "--out", out)
+        == 0
+    )
+    (m,) = train.load_metrics(out / "coolmomentum")
+    assert m["test_acc"] > 0.5  # ten classes: chance is 0.1
+
+
+def _torchrun(out, data_dir, epochs, *extra):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "coolmomentum", "train", *TINY, "--data-dir", str(data_dir),
+            "--epochs", str(epochs), "--out", str(out), "--no-progress", *extra]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is absent")
+def test_two_rank_torchrun_killed_and_resumed_matches_an_uninterrupted_run(data_dir, tmp_path):
+    epochs = 4
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    straight = tmp_path / "straight"
+    subprocess.run(_torchrun(straight, data_dir, epochs), check=True, capture_output=True, env=env)
+    logged = (straight / "coolmomentum/config.json").read_text()
+    assert json.loads(logged)["world_size"] == 2
+
+    killed = tmp_path / "killed"
+    ckpt = killed / "coolmomentum" / "checkpoint.pt"
+    proc = subprocess.Popen(_torchrun(killed, data_dir, epochs, "--resume"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 2
+    ):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+    proc.wait()
+    done = subprocess.run(_torchrun(killed, data_dir, epochs, "--resume"), check=True,
+                          capture_output=True, text=True, env=env)
+    assert "resuming after epoch" in done.stdout
+
+    a = torch.load(straight / "coolmomentum/checkpoint.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for m, n in zip(a["metrics"], b["metrics"], strict=True):
+        assert {k: v for k, v in m.items() if k not in ("seconds", "images_per_s")} == {
+            k: v for k, v in n.items() if k not in ("seconds", "images_per_s")}
+
+    # A different world size is refused, naming both.
+    single = subprocess.run(_cli_command(killed, data_dir, epochs, "--resume"),
+                            capture_output=True, text=True)
+    assert single.returncode == 2
+    assert "world_size: 2 in the checkpoint, 1 now" in single.stderr
+
+
+def test_global_batch_must_split_evenly_over_ranks(data_dir, tmp_path, monkeypatch):
+    from coolmomentum.bench.distributed import World
+
+    config = train.RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=15)
+    with pytest.raises(train.ConfigError, match="divisible by the world size"):
+        train.Data(config, torch.device("cpu"), World(rank=0, size=2))
