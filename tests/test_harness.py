@@ -339,3 +339,10 @@ def test_global_batch_must_split_evenly_over_ranks(data_dir, tmp_path, monkeypat
     config = train.RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=15)
     with pytest.raises(train.ConfigError, match="divisible by the world size"):
         train.Data(config, torch.device("cpu"), World(rank=0, size=2))
+
+
+def test_anneal_runs_from_the_main_command_line(tmp_path, capsys):
+    out = tmp_path / "lj"
+    assert run_cli("anneal", "lj", "--atoms", 7, "--replicas", 4, "--steps", 50, "--out", out) == 0
+    assert "best known minimum" in capsys.readouterr().out
+    assert (out / "best.xyz").read_text().startswith("7\n")

@@ -276,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = args.func(args)  # an exit code, or (anneal) the result object
+        return status if isinstance(status, int) else 0
     except (DatasetError, ConfigError) as e:
         print(f"coolmomentum: error: {e}", file=sys.stderr)
         return 2
