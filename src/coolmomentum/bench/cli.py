@@ -34,6 +34,10 @@ _RUN_FLAGS = (
     "test_subset",
     "augment",
     "compile",
+    "max_steps",
+    "ema_decay",
+    "image_size",
+    "workers",
 )
 _OPTIMIZER_FLAGS = (
     "lr",
@@ -44,6 +48,7 @@ _OPTIMIZER_FLAGS = (
     "momentum",
     "weight_decay",
     "lr_decay",
+    "momentum_warmup_steps",
 )
 
 
@@ -58,19 +63,22 @@ def _lr_decay(text: str) -> list[list[float]]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
     from .models import MODELS
-    from .train import AUGMENTATIONS
+    from .train import AUGMENTATIONS, DATASETS
 
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named setup")
     p.add_argument("--dataset", choices=DATASETS)
     p.add_argument(
         "--data-dir",
         help="where the dataset files are (else $COOLMOMENTUM_DATA, "
-        "then /usr/share/datasets/fashion-mnist for Fashion-MNIST)",
+        "then /usr/share/datasets/fashion-mnist for Fashion-MNIST); for imagenet the folder "
+        "holding train/ and val/",
     )
     p.add_argument("--model", choices=MODELS)
     p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--max-steps", type=int, help="stop after this many optimizer steps (if before --epochs)"
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
@@ -80,6 +88,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-subset", type=int, help="evaluate on the first N images only")
     p.add_argument("--augment", choices=AUGMENTATIONS)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        help="also evaluate an exponential moving average of the weights, e.g. 0.9999",
+    )
+    p.add_argument("--image-size", type=int, help="imagenet: the side of the input images")
+    p.add_argument("--workers", type=int, help="imagenet: JPEG-decoding processes per rank")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -96,6 +111,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="CoolMomentum's cooling steps (default: all steps after the hot phase)",
     )
     g.add_argument("--hot-epochs", type=float, help="epochs held at rho_0 before cooling")
+    g.add_argument(
+        "--momentum-warmup-steps",
+        type=int,
+        help="CoolMomentum: rho = 0 for the steps before this one, then the schedule",
+    )
     g.add_argument("--momentum", type=float, help="SGD's momentum")
     g.add_argument("--weight-decay", type=float, help="L2 penalty added to the gradient")
     g.add_argument(
@@ -133,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train one optimizer")
     _add_common(train)
-    train.add_argument("--optimizer", help="coolmomentum, sgd, adam, or a run label of the preset")
+    train.add_argument(
+        "--optimizer", help="coolmomentum, sgd, adam, rmsprop-tf, or a run label of the preset"
+    )
     train.set_defaults(func=_train)
 
     report = sub.add_parser("report", help="rewrite the report of an output directory")
@@ -211,7 +233,7 @@ def build_config(args: argparse.Namespace, *, single: bool) -> Any:
 def _run_all(args: argparse.Namespace, *, single: bool) -> int:
     from .distributed import setup
     from .report import write_report
-    from .train import Data, resolve_device, train
+    from .train import load_data, resolve_device, train
 
     config = build_config(args, single=single)
     world, device = setup(resolve_device(config.device))
@@ -223,7 +245,7 @@ def _run_all(args: argparse.Namespace, *, single: bool) -> int:
             f"epochs, batch {config.batch_size}, seed {config.seed}, {world.size} process(es) "
             f"on {device} -> {out}"
         )
-        data = Data(config, device, world)
+        data = load_data(config, device, world)
         results = {
             spec.label: train(
                 config,

@@ -160,6 +160,7 @@ class EfficientNet(nn.Module):
         drop_connect: float = 0.2,
         stem_channels: int = 32,
         head_channels: int = 1280,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -167,7 +168,7 @@ class EfficientNet(nn.Module):
         for name, rate in (("dropout", dropout), ("drop_connect", drop_connect)):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {rate}")
-        self.stem = _conv_bn_act(3, stem_channels, 3, stride=2)
+        self.stem = _conv_bn_act(in_channels, stem_channels, 3, stride=2)
         num_blocks = sum(stage.repeats for stage in stages)
         blocks: list[nn.Module] = []
         in_channels = stem_channels
@@ -216,7 +217,7 @@ class EfficientNet(nn.Module):
 
 
 def efficientnet_b0(
-    num_classes: int = 1000, dropout: float = 0.2, drop_connect: float = 0.2
+    num_classes: int = 1000, dropout: float = 0.2, drop_connect: float = 0.2, in_channels: int = 3
 ) -> EfficientNet:
-    """EfficientNet-B0 for 224x224 inputs (any size of at least 32 works)."""
-    return EfficientNet(B0_STAGES, num_classes, dropout, drop_connect)
+    """EfficientNet-B0 for 224x224 RGB inputs (any size of at least 32 works)."""
+    return EfficientNet(B0_STAGES, num_classes, dropout, drop_connect, in_channels=in_channels)

@@ -14,12 +14,15 @@
 - ``resnet34``: the ImageNet ResNet-34 ([3, 4, 6, 3] basic blocks at 64 .. 512 channels) as
   commonly adapted to 32x32 images: a 3x3 stride-1 stem and no max-pool, 1x1 conv + batch norm
   projection shortcuts. 21.3 M parameters.
+- ``efficientnet-b0``: EfficientNet-B0 (:mod:`.efficientnet`), 5.3 M parameters for RGB
+  images and 1000 classes, with its own TF-style initialization.
 - ``convnet``: three 3x3 conv + batch norm + ReLU layers (32, 64, 128 channels, 2x2 max-pool
   after the first two), global average pooling and a linear classifier: 94 k parameters, for
   Fashion-MNIST.
 
-Convolution and linear weights get He (Kaiming) normal initialization, ``std = sqrt(2 /
-fan_in)`` (He et al. 2015; Keras ``he_normal``), biases zero, batch norm scale 1 and shift 0.
+The other models' convolution and linear weights get He (Kaiming) normal initialization,
+``std = sqrt(2 / fan_in)`` (He et al. 2015; Keras ``he_normal``), biases zero, batch norm
+scale 1 and shift 0.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .efficientnet import efficientnet_b0
+
 __all__ = ["MODELS", "BasicBlock", "ConvNet", "ResNet", "build_model"]
 
-MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet34", "convnet")
+MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet34", "convnet", "efficientnet-b0")
 
 
 def _conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -131,6 +136,8 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Mo
     """One of :data:`MODELS`, freshly initialized, for ``in_channels``-channel images."""
     if name == "convnet":
         return ConvNet(in_channels, num_classes)
+    if name == "efficientnet-b0":
+        return efficientnet_b0(num_classes, in_channels=in_channels)
     if name == "resnet34":
         return ResNet((3, 4, 6, 3), (64, 128, 256, 512), in_channels, num_classes, True)
     if name in MODELS:

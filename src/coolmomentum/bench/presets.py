@@ -21,15 +21,27 @@ A preset is plain data: the run settings and the optimizers to compare. Every va
   setup when the run stays hot at ``rho_0`` and cools only over its last 50 or 100 epochs.
   The public scripts do not show how the hot phase was held; here it is ``hot_steps``.
 
+The ImageNet presets ``paper-efficientnet-b0-imagenet`` and
+``efficientnet-b0-imagenet-rmsprop`` are generated from the recipes of
+:mod:`.presets_imagenet`, which cite their sources; :func:`imagenet_preset` translates one.
+
 Keras' ``l2(1e-4)`` adds ``1e-4 * sum(w**2)`` to the loss, whose gradient is ``2e-4 * w``:
 the ResNet-20 preset therefore uses ``weight_decay=2e-4`` on convolution kernels only.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-__all__ = ["PRESETS"]
+from .presets_imagenet import (
+    IMAGENET_PRESETS,
+    NUM_TRAIN_IMAGES,
+    CoolMomentumRecipe,
+    ImageNetPreset,
+)
+
+__all__ = ["PRESETS", "imagenet_preset"]
 
 _KERAS_LR_DECAY = [[81, 0.1], [121, 0.01], [161, 0.001], [181, 0.0005]]
 
@@ -45,6 +57,56 @@ _RESNET34_CIFAR10: dict[str, Any] = {
     "std": [0.2023, 0.1994, 0.2010],
     "eval_batch_size": 100,
 }
+
+
+def imagenet_preset(preset: ImageNetPreset) -> dict[str, Any]:
+    """The harness settings of an ImageNet recipe.
+
+    The run stops after exactly ``train_steps`` global steps (``max_steps``; its last epoch is
+    partial). Step counts that the TF code derives from epochs use its fractional epoch of
+    ``NUM_TRAIN_IMAGES / batch_size`` steps, not the harness's whole batches per epoch.
+    What the recipes fix and the harness always does: RMSProp's mean square starting at 1
+    (:class:`.optimizers.TFRMSprop`), the EMA's ``num_updates`` form and evaluating the EMA
+    (:class:`.train.WeightAverage`).
+    """
+    tf_epoch = preset.steps_per_epoch
+    recipe = preset.optimizer
+    run: dict[str, Any]
+    if isinstance(recipe, CoolMomentumRecipe):
+        run = {
+            "optimizer": "coolmomentum",
+            "lr": recipe.lr,
+            "rho_0": recipe.rho_0,
+            "schedule": recipe.schedule,
+            "total_steps": recipe.cooling_steps,
+            "momentum_warmup_steps": recipe.momentum_warmup_steps,
+        }
+    else:
+        run = {
+            "optimizer": "rmsprop-tf",
+            "lr": recipe.lr_per_256 * preset.batch_size / 256,
+            "momentum": recipe.momentum,
+            "rms_decay": recipe.decay,
+            "eps": recipe.epsilon,
+            "lr_warmup_steps": int(recipe.lr_warmup_epochs * tf_epoch),
+            "lr_decay_factor": recipe.lr_decay_factor,
+            "lr_decay_every_steps": recipe.lr_decay_epochs * tf_epoch,
+        }
+    return {
+        "description": preset.description,
+        "dataset": "imagenet",
+        "model": preset.model,
+        "epochs": math.ceil(preset.train_steps / (NUM_TRAIN_IMAGES // preset.batch_size)),
+        "max_steps": preset.train_steps,
+        "batch_size": preset.batch_size,
+        "image_size": preset.image_size,
+        "weight_decay_params": "all" if preset.weight_decay_batchnorm else "no-batchnorm",
+        "label_smoothing": preset.label_smoothing,
+        "ema_decay": preset.ema_decay,
+        "eval_batch_size": preset.eval_batch_size,
+        "runs": [{**run, "weight_decay": preset.weight_decay}],
+    }
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "fashion-mnist-demo": {
@@ -121,4 +183,5 @@ PRESETS: dict[str, dict[str, Any]] = {
             for schedule in ("exponential", "linear-temperature")
         ],
     },
+    **{name: imagenet_preset(preset) for name, preset in IMAGENET_PRESETS.items()},
 }
