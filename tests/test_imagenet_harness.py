@@ -54,6 +54,8 @@ def test_efficientnet_trains_on_an_image_folder_and_evaluates_its_weight_average
             assert round(m[key] * 5, 9) == round(m[key] * 5)
         assert m["test_top5"] == 1.0  # 3 classes: the top 5 hold every label
         assert m["ema_test_loss"] != m["test_loss"]
+    report = (out / "report.md").read_text()
+    assert "final top-5 | final EMA acc | final EMA top-5 |" in report
     ckpt = torch.load(out / "coolmomentum/checkpoint.pt", weights_only=True)
     assert ckpt["ema"]["updates"] == 5
     assert ckpt["model"]["classifier.weight"].shape == (3, 1280)

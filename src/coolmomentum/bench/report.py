@@ -21,22 +21,38 @@ PLOTS = (
 REPORT = "report.md"
 
 
+# Columns shown only when some run measured them: (metric key, header).
+_OPTIONAL = (
+    ("test_top5", "final top-5"),
+    ("ema_test_acc", "final EMA acc"),
+    ("ema_test_top5", "final EMA top-5"),
+)
+
+
 def _table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
-    lines = [
-        "| run | epochs | final test acc | best test acc (epoch) | final train loss "
-        "| final test loss | s/epoch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+    extra = [
+        (key, header)
+        for key, header in _OPTIONAL
+        if any(m and m[-1].get(key) is not None for m in runs.values())
     ]
+    header = (
+        "| run | epochs | final test acc | best test acc (epoch) | final train loss "
+        "| final test loss | s/epoch |" + "".join(f" {h} |" for _, h in extra)
+    )
+    lines = [header, "|---|" + "---:|" * (6 + len(extra))]
     for label, metrics in runs.items():
         if not metrics:
-            lines.append(f"| {label} | 0 | - | - | - | - | - |")
+            lines.append(f"| {label} | 0 |" + " - |" * (5 + len(extra)))
             continue
         last = metrics[-1]
         best = max(metrics, key=lambda m: m["test_acc"])
+        cells = "".join(
+            f" {last[key]:.4f} |" if last.get(key) is not None else " - |" for key, _ in extra
+        )
         lines.append(
             f"| {label} | {last['epoch']} | {last['test_acc']:.4f} | {best['test_acc']:.4f} "
             f"({best['epoch']}) | {last['train_loss']:.4f} | {last['test_loss']:.4f} "
-            f"| {statistics.median(m['seconds'] for m in metrics):.1f} |"
+            f"| {statistics.median(m['seconds'] for m in metrics):.1f} |{cells}"
         )
     return lines
 
