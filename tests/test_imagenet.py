@@ -20,6 +20,8 @@ from coolmomentum.bench.imagenet import (
 )
 
 SIZE = 16  # output side: small keeps the tests fast
+# Other test modules load JAX, whose threads make forking this process unsafe.
+NO_FORK = "forkserver"
 TRAIN_SHAPES = [(48, 36), (36, 48), (40, 40), (64, 24)]  # (width, height)
 CLASSES = ["n01440764", "n01443537", "n02102040"]
 
@@ -88,7 +90,16 @@ def test_eval_batches_keep_every_sample_in_order(tree):
 def test_batches_do_not_depend_on_the_number_of_workers(tree):
     runs = []
     for workers in (0, 2):
-        loader = make_loader(tree, "train", 4, train=True, workers=workers, seed=3, image_size=SIZE)
+        loader = make_loader(
+            tree,
+            "train",
+            4,
+            train=True,
+            workers=workers,
+            seed=3,
+            image_size=SIZE,
+            multiprocessing_context=NO_FORK,
+        )
         epochs = []
         for epoch in (0, 1):
             set_epoch(loader, epoch)
@@ -277,7 +288,9 @@ def test_corrupt_jpeg_names_the_file(tmp_path, workers):
     _make_tree(tmp_path)
     bad = tmp_path / "val" / CLASSES[0] / "ILSVRC2012_val_broken.JPEG"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    loader = make_loader(tmp_path, "val", 8, train=False, workers=workers)
+    loader = make_loader(
+        tmp_path, "val", 8, train=False, workers=workers, multiprocessing_context=NO_FORK
+    )
     with pytest.raises(DatasetError, match=r"ILSVRC2012_val_broken\.JPEG") as info:
         list(loader)
     assert isinstance(info.value, ValueError) and "cannot read image" in str(info.value)

@@ -305,6 +305,7 @@ def make_loader(
     seed: int = 0,
     image_size: int = 224,
     pin_memory: bool | None = None,
+    multiprocessing_context: str | None = None,
 ) -> DataLoader:
     """A loader of this rank's ``(uint8 images, int64 labels)`` batches of ``split``.
 
@@ -313,7 +314,8 @@ def make_loader(
     otherwise every sample of the split is seen once across the ranks, in order. The loader's
     sampler is a :class:`ShardedSampler`: call ``set_epoch(loader, epoch)`` (or
     ``loader.sampler.set_epoch(epoch)``) before each epoch. ``pin_memory`` defaults to
-    whether CUDA is available.
+    whether CUDA is available; ``multiprocessing_context`` (e.g. ``"forkserver"``) starts the
+    workers otherwise than by ``fork``, for processes that must not fork (JAX loaded, say).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -330,6 +332,7 @@ def make_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=train,
         persistent_workers=workers > 0,
+        multiprocessing_context=multiprocessing_context if workers > 0 else None,
     )
 
 
