@@ -484,13 +484,14 @@ def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, message):
         CoolMomentum([torch.nn.Parameter(torch.ones(1))], **kwargs)
 
 
-def test_compiled_step_does_not_recompile_as_rho_changes():
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_step_does_not_recompile_as_rho_changes(backend):
     torch._dynamo.reset()
     model = torch.nn.Linear(4, 2)
     opt = CoolMomentum(model.parameters(), lr=0.05, total_steps=6)
     reference = copy.deepcopy(model)
     ref_opt = CoolMomentum(reference.parameters(), lr=0.05, total_steps=6)
-    compiled_step = torch.compile(opt.step, backend="eager", fullgraph=True)
+    compiled_step = torch.compile(opt.step, backend=backend, fullgraph=True)
     x = torch.randn(3, 4)
 
     def train(steps):
@@ -505,4 +506,6 @@ def test_compiled_step_does_not_recompile_as_rho_changes():
         train(10)  # rho changes every step, then stays 0
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q)
-    assert opt.stats()[0]["step"] == 12
+    compiled_stats, eager_stats = opt.stats()[0], ref_opt.stats()[0]
+    assert compiled_stats["step"] == eager_stats["step"] == 12
+    assert compiled_stats["temperature"] == pytest.approx(eager_stats["temperature"], rel=1e-6)

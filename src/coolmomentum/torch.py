@@ -145,23 +145,27 @@ class CoolMomentum(Optimizer):
                 raise ValueError(f"param group key {key!r} is reserved for the optimizer's state")
 
     def _init_group_state(self, group: dict[str, Any]) -> None:
-        """Create (or move to the right device) the group's step and temperature tensors."""
+        """Create (or move to the right device) the group's step and temperature tensors.
+
+        Counts are int64 0-d tensors: exact for any run length. The sum of ``v**2`` is a
+        one-element float64 tensor: ``torch.compile`` drops in-place updates of 0-d float64
+        CPU tensors (seen with torch 2.13), and one element keeps it a real tensor there.
+        """
         params = group["params"]
         device = params[0].device if params else torch.device("cpu")
         step_device = device if group["capturable"] else torch.device("cpu")
-        step_dtype = torch.float32 if step_device.type == "mps" else torch.float64
         acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-        for key, where, dtype in (
-            ("step", step_device, step_dtype),
-            ("temperature_start", step_device, step_dtype),
-            ("temperature_sum", device, acc_dtype),
-            ("temperature_count", device, acc_dtype),
+        for key, where, dtype, shape in (
+            ("step", step_device, torch.int64, ()),
+            ("temperature_start", step_device, torch.int64, ()),
+            ("temperature_sum", device, acc_dtype, (1,)),
+            ("temperature_count", device, torch.int64, ()),
         ):
             value = group.get(key)
             if value is None:
-                group[key] = torch.zeros((), dtype=dtype, device=where)
+                group[key] = torch.zeros(shape, dtype=dtype, device=where)
             else:
-                group[key] = value.to(device=where, dtype=dtype)
+                group[key] = value.to(device=where, dtype=dtype).reshape(shape)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
@@ -265,7 +269,8 @@ class CoolMomentum(Optimizer):
         schedule = _schedule(group)
         lr = group["lr"]
         if group["capturable"] or torch.compiler.is_compiling():
-            rho = schedule(step, ops=torch)
+            real = torch.float32 if step.device.type == "mps" else torch.float64
+            rho = schedule(step.to(real), ops=torch)
         else:
             rho = schedule(int(step.item()))  # a CPU tensor: no device synchronization
             if isinstance(rho, Tensor):  # a callable schedule may return a tensor
@@ -301,7 +306,8 @@ class CoolMomentum(Optimizer):
             step = int(group["step"].item())
             rho = _schedule(group)(max(step - 1, 0))
             window = step - int(group["temperature_start"].item())
-            sums = torch.stack([group["temperature_sum"], group["temperature_count"]])
+            total_t = group["temperature_sum"]
+            sums = torch.cat([total_t, group["temperature_count"].to(total_t.dtype).reshape(1)])
             if all_reduce:
                 if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
                     raise ValueError(
