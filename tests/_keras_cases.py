@@ -11,16 +11,17 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from _reference import (  # noqa: E402
-    HOT_STEPS,
     LR,
     NUM_STEPS,
     RHO_0,
     SCHEDULES,
     TOTAL_STEPS,
     X0,
+    callable_rho,
     gradient,
     reference_rho,
     reference_trajectory,
+    schedule_case,
     torch_trajectory,
 )
 
@@ -50,26 +51,10 @@ def run(opt, num_steps=NUM_STEPS, variable=None, start=0):
     return np.array(xs), variable
 
 
-def _callable_rho(step):
-    return 0.5 + 0.4 * 0.8**step  # works on numbers and backend scalars alike
-
 
 @pytest.mark.parametrize("schedule", [*SCHEDULES, "callable"])
 def test_trajectory_matches_formulas_and_torch(schedule):
-    if schedule == "callable":
-        kwargs = {"schedule": _callable_rho}
-        rho = _callable_rho
-    else:
-        total_steps = None if schedule == "constant" else TOTAL_STEPS
-        kwargs = {
-            "rho_0": RHO_0,
-            "total_steps": total_steps,
-            "schedule": schedule,
-            "hot_steps": HOT_STEPS,
-        }
-
-        def rho(k):
-            return reference_rho(k, schedule, hot=HOT_STEPS)
+    kwargs, rho = schedule_case(schedule)
 
     xs, _ = run(CoolMomentum(LR, **kwargs))
     assert xs.dtype == np.float32
@@ -225,7 +210,7 @@ def test_get_config_round_trip():
 
 
 def test_callable_schedule_refuses_to_serialize():
-    opt = CoolMomentum(LR, schedule=_callable_rho)
+    opt = CoolMomentum(LR, schedule=callable_rho)
     with pytest.raises(ValueError, match="callable schedule cannot be serialized"):
         opt.get_config()
 
@@ -240,7 +225,7 @@ def test_callable_schedule_refuses_to_serialize():
         ({"total_steps": 10, "alpha": 0.999}, "either total_steps or alpha"),
         ({"total_steps": 10, "schedule": "cosine"}, "schedule"),
         ({"total_steps": 10, "hot_steps": -1}, "hot_steps"),
-        ({"schedule": _callable_rho, "hot_steps": 3}, "hot_steps"),
+        ({"schedule": callable_rho, "hot_steps": 3}, "hot_steps"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):

@@ -95,3 +95,21 @@ def torch_trajectory(
         opt.step()
         xs.append(x.detach().numpy().copy())
     return np.array(xs)
+
+
+def callable_rho(step):
+    """A schedule of the user's own: works on numbers and on any framework's scalars."""
+    return 0.5 + 0.4 * 0.8**step
+
+
+def schedule_case(schedule: str) -> tuple[dict, Callable[[int], float]]:
+    """The optimizer arguments for ``schedule`` (or ``"callable"``) and its reference rho."""
+    if schedule == "callable":
+        return {"schedule": callable_rho}, callable_rho
+    kwargs = {
+        "rho_0": RHO_0,
+        "total_steps": None if schedule == "constant" else TOTAL_STEPS,
+        "schedule": schedule,
+        "hot_steps": HOT_STEPS,
+    }
+    return kwargs, lambda k: reference_rho(k, schedule, hot=HOT_STEPS)

@@ -20,6 +20,7 @@ from _reference import (  # noqa: E402
     gradient,
     reference_rho,
     reference_trajectory,
+    schedule_case,
     torch_trajectory,
 )
 
@@ -54,27 +55,11 @@ def run(tx, num_steps=NUM_STEPS, dtype=None, jit=True, params=None, state=None, 
     return np.array(xs), params, state
 
 
-def _callable_rho(step):
-    return 0.5 + 0.4 * 0.8**step  # works on ints, floats and arrays alike
-
 
 @pytest.mark.parametrize("schedule", [*SCHEDULES, "callable"])
 def test_trajectory_matches_formulas_and_torch(x64, schedule):
     """Every schedule, through the hot phase, the cooling and past S, in float64."""
-    if schedule == "callable":
-        kwargs = {"schedule": _callable_rho}
-        rho = _callable_rho
-    else:
-        total_steps = None if schedule == "constant" else TOTAL_STEPS
-        kwargs = {
-            "rho_0": RHO_0,
-            "total_steps": total_steps,
-            "schedule": schedule,
-            "hot_steps": HOT_STEPS,
-        }
-
-        def rho(k):
-            return reference_rho(k, schedule, hot=HOT_STEPS)
+    kwargs, rho = schedule_case(schedule)
 
     expected, _ = reference_trajectory(rho)
     xs, _, _ = run(coolmomentum(LR, **kwargs))
