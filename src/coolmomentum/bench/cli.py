@@ -193,20 +193,19 @@ def build_config(args: argparse.Namespace, *, single: bool) -> Any:
         if getattr(args, key) is not None:
             d[key] = getattr(args, key)
     d.setdefault("out", f"runs/{preset_name or d.get('dataset', 'fashion-mnist')}")
-    runs = [dict(r) for r in d.pop("runs", DEFAULT_RUNS)]
+    runs = [{"label": r["optimizer"], **r} for r in d.pop("runs", DEFAULT_RUNS)]
+    labels = [r["label"] for r in runs]
     if single:
         wanted = args.optimizer
         if wanted:
-            chosen = [r for r in runs if r.get("label", r["optimizer"]) == wanted]
+            chosen = [r for r in runs if r["label"] == wanted]
             chosen = chosen or [r for r in runs if r["optimizer"] == wanted][:1]
-            runs = chosen or [{"optimizer": wanted}]
+            runs = chosen or [{"optimizer": wanted, "label": wanted}]
         runs = runs[:1]
     elif args.optimizers:
         wanted = args.optimizers.split(",")
-        runs = [r for r in runs if r.get("label", r["optimizer"]) in wanted] + [
-            {"optimizer": w}
-            for w in wanted
-            if w not in [r.get("label", r["optimizer"]) for r in runs]
+        runs = [r for r in runs if r["label"] in wanted] + [
+            {"optimizer": w, "label": w} for w in wanted if w not in labels
         ]
     for run in runs:
         for key in _OPTIMIZER_FLAGS:
@@ -215,11 +214,11 @@ def build_config(args: argparse.Namespace, *, single: bool) -> Any:
     for item in getattr(args, "set", []):
         target, _, value = item.partition("=")
         label, _, key = target.partition(".")
-        matches = [r for r in runs if r.get("label", r["optimizer"]) == label]
+        matches = [r for r in runs if r["label"] == label]
         if not matches or not key or not value:
             raise ConfigError(
                 f"--set {item!r}: expected LABEL.KEY=VALUE with a run label of "
-                f"{[r.get('label', r['optimizer']) for r in runs]}"
+                f"{[r['label'] for r in runs]}"
             )
         if key not in OptimizerSpec.__dataclass_fields__:
             raise ConfigError(f"--set {item!r}: {key!r} is not an optimizer setting")
