@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from coolmomentum._io import atomic_write
-from coolmomentum.bench.presets import PRESETS
-from coolmomentum.bench.train import Data, RunConfig, resolve_device, train
+from coolmomentum.experiments.presets import PRESETS
+from coolmomentum.experiments.train import Data, RunConfig, resolve_device, train
 
 RESULTS = Path(__file__).parent / "results" / "fashion_mnist.md"
 

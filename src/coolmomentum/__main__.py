@@ -2,6 +2,6 @@
 
 import sys
 
-from coolmomentum.bench.cli import main
+from coolmomentum.cli import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coolmomentum.bench.models import MODELS, build_model
+from coolmomentum.experiments.models import MODELS, build_model
 
 
 @pytest.fixture(autouse=True, scope="module")

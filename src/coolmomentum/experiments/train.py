@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from coolmomentum import CoolMomentum
 from coolmomentum._io import atomic_write
+from coolmomentum.errors import UsageError
 from coolmomentum.schedules import Schedule
 
 from . import data as data_mod
@@ -70,7 +71,7 @@ CONFIG = "config.json"
 _NOT_IDENTITY = ("data_dir", "device", "out", "workers")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration or checkpoint that cannot be used, with what to do instead."""
 
 

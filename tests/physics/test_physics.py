@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import re
 
 import pytest
 import torch
@@ -204,11 +205,11 @@ def test_anneal_command_reports_the_gap_and_writes_structure_and_plot(tmp_path, 
         ["anneal", "lj", "--atoms", "7", "--replicas", "8", "--steps", "300", "--seed", "1",
          "--out", str(tmp_path / "run")]
     )  # fmt: skip
-    result = args.func(args)
+    assert args.func(args) == 0
     out, err = capsys.readouterr()
     assert "LJ7: 8 replicas, 300 steps" in out
     assert f"best known minimum {GLOBAL_MINIMA[7]:.6f}" in out and "gap" in out
-    assert f"reached by {result.successes()}/8 replicas" in out
+    assert re.search(r"reached by \d/8 replicas", out)
     assert err == ""  # no progress bar when stdout is not a terminal
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == ["anneal.png", "best.xyz", "replicas.xyz"]

@@ -1,11 +1,10 @@
-"""The ``coolmomentum`` command line: ``compare``, ``train``, ``report`` and ``anneal``."""
+"""The experiment commands of ``coolmomentum``: ``compare``, ``train`` and ``report``."""
 
 from __future__ import annotations
 
 import argparse
 import copy
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +125,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="coolmomentum",
-        description="CoolMomentum experiments: train networks and anneal potentials.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    compare = sub.add_parser(
+def register(commands: Any) -> None:
+    """Add ``compare``, ``train`` and ``report`` to the ``coolmomentum`` subcommands."""
+    compare = commands.add_parser(
         "compare",
         help="train several optimizers on the same model, data and seed; write one report",
         description="Without arguments: the Fashion-MNIST demo (CoolMomentum vs SGD vs Adam).",
@@ -151,24 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(func=_compare)
 
-    train = sub.add_parser("train", help="train one optimizer")
+    train = commands.add_parser("train", help="train one optimizer")
     _add_common(train)
     train.add_argument(
         "--optimizer", help="coolmomentum, sgd, adam, rmsprop-tf, or a run label of the preset"
     )
     train.set_defaults(func=_train)
 
-    report = sub.add_parser("report", help="rewrite the report of an output directory")
+    report = commands.add_parser("report", help="rewrite the report of an output directory")
     report.add_argument("out", help="output directory of a compare or train run")
     report.set_defaults(func=_report)
-
-    try:
-        from coolmomentum.physics.cli import register
-    except ImportError:  # the physics front is optional
-        pass
-    else:
-        register(sub)
-    return parser
 
 
 def _coerce(value: str) -> Any:
@@ -289,19 +275,3 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     print(f"report: {write_report(out, runs, f'runs in {out}')}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .data import DatasetError
-    from .train import ConfigError
-
-    args = build_parser().parse_args(argv)
-    try:
-        status = args.func(args)  # an exit code, or (anneal) the result object
-        return status if isinstance(status, int) else 0
-    except (DatasetError, ConfigError) as e:
-        print(f"coolmomentum: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("coolmomentum: interrupted; rerun with --resume to continue", file=sys.stderr)
-        return 130

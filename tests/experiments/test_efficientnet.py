@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from coolmomentum.bench.efficientnet import (
+from coolmomentum.experiments.efficientnet import (
     B0_STAGES,
     EfficientNet,
     MBConv,

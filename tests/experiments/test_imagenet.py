@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from coolmomentum.bench.imagenet import (
+from coolmomentum.experiments.imagenet import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DatasetError,
@@ -321,7 +321,7 @@ def test_invalid_arguments(tree):
 
 
 def test_presets_follow_the_published_scripts():
-    from coolmomentum.bench.presets_imagenet import (
+    from coolmomentum.experiments.presets_imagenet import (
         IMAGENET_PRESETS,
         CoolMomentumRecipe,
         RMSPropRecipe,

@@ -13,10 +13,10 @@ import pytest
 import torch
 from test_data import write_fashion_mnist
 
-from coolmomentum import schedules
-from coolmomentum.bench import cli, train
-from coolmomentum.bench.presets import PRESETS
-from coolmomentum.bench.report import PLOTS
+from coolmomentum import cli, schedules
+from coolmomentum.experiments import train
+from coolmomentum.experiments.presets import PRESETS
+from coolmomentum.experiments.report import PLOTS
 
 TINY = ["--dataset", "fashion-mnist", "--model", "convnet", "--batch-size", "16", "--seed", "3"]
 
@@ -170,7 +170,7 @@ def test_existing_checkpoint_needs_resume_and_the_same_config(data_dir, tmp_path
 
 
 def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    from coolmomentum.bench import data
+    from coolmomentum.experiments import data
 
     monkeypatch.delenv("COOLMOMENTUM_DATA", raising=False)
     monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "none")
@@ -261,7 +261,7 @@ def test_paper_presets_hold_the_authors_values():
 
 
 def test_resnet20_preset_decays_conv_kernels_only():
-    from coolmomentum.bench.models import build_model
+    from coolmomentum.experiments.models import build_model
 
     model = build_model("resnet20", 3, 10)
     spec = train.OptimizerSpec(optimizer="coolmomentum", weight_decay=2e-4)
@@ -334,7 +334,7 @@ def test_two_rank_torchrun_killed_and_resumed_matches_an_uninterrupted_run(data_
 
 
 def test_global_batch_must_split_evenly_over_ranks(data_dir, tmp_path, monkeypatch):
-    from coolmomentum.bench.distributed import World
+    from coolmomentum.experiments.distributed import World
 
     config = train.RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=15)
     with pytest.raises(train.ConfigError, match="divisible by the world size"):

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from coolmomentum.errors import UsageError
+
 __all__ = [
     "DATASETS",
     "DATA_ENV",
@@ -68,7 +70,7 @@ SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 Fill = Literal["zero", "nearest"]
 
 
-class DatasetError(Exception):
+class DatasetError(UsageError):
     """A dataset's files are missing or are not what they should be."""
 
 

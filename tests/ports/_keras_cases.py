@@ -1,4 +1,4 @@
-"""Keras tests for one backend; ``tests/test_keras.py`` runs this file with KERAS_BACKEND set.
+"""Keras tests for one backend; ``tests/ports/test_keras.py`` runs this file with KERAS_BACKEND set.
 
 Keras fixes its backend when it is first imported, so each backend needs its own process.
 """

@@ -11,11 +11,11 @@ import torch
 from test_data import write_fashion_mnist
 from test_imagenet import _make_tree
 
-from coolmomentum import schedules
-from coolmomentum.bench import cli, train
-from coolmomentum.bench.distributed import World
-from coolmomentum.bench.optimizers import TFRMSprop
-from coolmomentum.bench.presets import PRESETS
+from coolmomentum import cli, schedules
+from coolmomentum.experiments import train
+from coolmomentum.experiments.distributed import World
+from coolmomentum.experiments.optimizers import TFRMSprop
+from coolmomentum.experiments.presets import PRESETS
 
 # 12 training images in 3 classes, 5 validation images; batch 4: 3 steps per epoch.
 TINY_IMAGENET = ["--dataset", "imagenet", "--model", "efficientnet-b0", "--batch-size", "4",
@@ -179,8 +179,8 @@ def test_imagenet_presets_hold_the_recipes():
     assert (rms["optimizer"], rms["rms_decay"], rms["momentum"], rms["eps"]) == (
         "rmsprop-tf", 0.9, 0.9, 1e-3)
     # The harness's network has the recipe's regularization.
-    from coolmomentum.bench.models import build_model
-    from coolmomentum.bench.presets_imagenet import PAPER_EFFICIENTNET_B0
+    from coolmomentum.experiments.models import build_model
+    from coolmomentum.experiments.presets_imagenet import PAPER_EFFICIENTNET_B0
 
     model = build_model(cool["model"], 3, 1000)
     assert model.dropout.p == PAPER_EFFICIENTNET_B0.dropout
@@ -188,7 +188,7 @@ def test_imagenet_presets_hold_the_recipes():
 
 
 def test_weight_decay_spares_batch_norm_only():
-    from coolmomentum.bench.models import build_model
+    from coolmomentum.experiments.models import build_model
 
     model = build_model("efficientnet-b0", 3, 7)
     spec = train.OptimizerSpec(weight_decay=1e-5)
@@ -207,7 +207,7 @@ def test_imagenet_errors_name_the_problem(tmp_path, tree, monkeypatch, capsys):
     assert run_cli("train", *TINY_IMAGENET, *out) == 2
     assert "needs --data-dir" in capsys.readouterr().err
     # Two ranks (the world torchrun would set up) cannot split a global batch of 5.
-    from coolmomentum.bench import distributed
+    from coolmomentum.experiments import distributed
 
     monkeypatch.setattr(distributed, "setup", lambda device: (World(rank=0, size=2), device))
     args = ["train", *TINY_IMAGENET, "--data-dir", tree, *out, "--batch-size", 5]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from coolmomentum.bench import data
-from coolmomentum.bench.data import (
+from coolmomentum.experiments import data
+from coolmomentum.experiments.data import (
     CorruptDatasetError,
     DatasetError,
     DatasetNotFoundError,
