@@ -25,18 +25,10 @@ from typing import Any
 import keras
 from keras import ops
 
+from ._numbers import check_number, is_number, schedule_float
 from .schedules import RhoFn, Schedule
 
 __all__ = ["CoolMomentum"]
-
-
-def _schedule_dtype() -> str:
-    """float64 where the backend computes in it; JAX only does when x64 mode is on."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return str(jax.dtypes.canonicalize_dtype("float64"))
-    return "float64"
 
 
 @keras.saving.register_keras_serializable(package="coolmomentum")
@@ -81,12 +73,8 @@ class CoolMomentum(keras.optimizers.Optimizer):
         name: str = "coolmomentum",
         **kwargs: Any,
     ) -> None:
-        if isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool):
-            if not learning_rate >= 0:
-                raise ValueError(
-                    f"learning_rate must be a number >= 0 (the step dt**2, e.g. 0.01), "
-                    f"got {learning_rate!r}"
-                )
+        if is_number(learning_rate):
+            check_number("learning_rate", learning_rate, hint=" (the step dt**2, e.g. 0.01)")
             learning_rate = float(learning_rate)
         schedule_fn = Schedule.create(rho_0, total_steps, alpha, schedule, hot_steps)
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
@@ -118,12 +106,12 @@ class CoolMomentum(keras.optimizers.Optimizer):
 
     def rho(self) -> Any:
         """``rho`` for the step about to be taken, as a backend scalar."""
-        dtype = _schedule_dtype()
+        dtype = schedule_float(keras.backend.backend())
         return ops.cast(self._schedule(ops.cast(self.iterations, dtype), ops=ops), dtype)
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         rho = self.rho()
-        coef = ops.cast(learning_rate, _schedule_dtype()) * (1.0 + rho) / 2.0
+        coef = ops.cast(learning_rate, schedule_float(keras.backend.backend())) * (1.0 + rho) / 2.0
         velocity = self._velocities[self._get_variable_index(variable)]
         new_velocity = ops.subtract(
             ops.multiply(velocity, ops.cast(rho, variable.dtype)),

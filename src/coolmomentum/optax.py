@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._numbers import check_number, is_number, schedule_float
 from .schedules import RhoFn, Schedule
 
 __all__ = [
@@ -67,23 +68,6 @@ class CoolMomentumState(NamedTuple):
     rho: jax.Array
     temperature_sum: jax.Array
     temperature_steps: jax.Array
-
-
-def _float_dtype() -> Any:
-    """float64 when jax's x64 mode is on, else float32: the schedule's precision."""
-    return jax.dtypes.canonicalize_dtype(jnp.float64)
-
-
-def _is_python_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_nonnegative(name: str, value: Any, hint: str = "") -> None:
-    """Check a number that may also be an array (e.g. injected by ``inject_hyperparams``)."""
-    if isinstance(value, bool) or not (_is_python_number(value) or hasattr(value, "dtype")):
-        raise ValueError(f"{name} must be a number >= 0{hint}, got {value!r}")
-    if _is_python_number(value) and not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0{hint}, got {value!r}")
 
 
 def _build_schedule(
@@ -155,14 +139,17 @@ def scale_by_coolmomentum(
     """
     sched = _build_schedule(rho_0, total_steps, alpha, schedule, hot_steps)
     if not callable(learning_rate):
-        _check_nonnegative("learning_rate", learning_rate, " (the step dt**2, e.g. 0.01)")
+        # An array (from inject_hyperparams) is known only inside jit.
+        check_number(
+            "learning_rate", learning_rate, hint=" (the step dt**2, e.g. 0.01)", arrays=True
+        )
 
     def rho_at(count: jax.Array) -> jax.Array:
-        dtype = _float_dtype()
+        dtype = schedule_float("jax")
         return jnp.asarray(sched(count.astype(dtype), ops=jnp), dtype)
 
     def init_fn(params: optax.Params) -> CoolMomentumState:
-        dtype = _float_dtype()
+        dtype = schedule_float("jax")
         count = jnp.zeros([], jnp.int32)
         return CoolMomentumState(
             count=count,
@@ -274,7 +261,7 @@ def coolmomentum(
         )
         opt_state.hyperparams["learning_rate"] = 0.05  # takes effect at the next step
     """
-    _check_nonnegative("weight_decay", weight_decay)
+    check_number("weight_decay", weight_decay, arrays=True)
     core = scale_by_coolmomentum(
         learning_rate,
         rho_0,
@@ -285,7 +272,7 @@ def coolmomentum(
         track_temperature=track_temperature,
     )
     # A Python 0 adds nothing; an array (e.g. injected) may change, so it stays in the chain.
-    no_decay = _is_python_number(weight_decay) and weight_decay == 0
+    no_decay = is_number(weight_decay) and weight_decay == 0
     if no_decay:
         return optax.chain(core)
     if decoupled_weight_decay:

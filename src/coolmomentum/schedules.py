@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._numbers import check_number, is_number
+
 __all__ = [
     "SCHEDULES",
     "Schedule",
@@ -55,12 +57,8 @@ class _MathOps:
         return min(max(x, lo), hi)
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _check_rho_0(rho_0: float) -> None:
-    if not _is_number(rho_0) or not 0.0 <= rho_0 < 1.0:
+    if not is_number(rho_0) or not 0.0 <= rho_0 < 1.0:
         raise ValueError(f"rho_0 must be a number in [0, 1) (the paper uses 0.99), got {rho_0!r}")
 
 
@@ -71,7 +69,7 @@ def total_steps_from_alpha(alpha: float, rho_0: float) -> float:
     integer; schedules accept fractional ``S``.
     """
     _check_rho_0(rho_0)
-    if not _is_number(alpha) or not 0.0 < alpha <= 1.0:
+    if not is_number(alpha) or not 0.0 < alpha <= 1.0:
         raise ValueError(
             f"alpha must be in (0, 1] (1 means no cooling; the paper's runs use about "
             f"0.99998), got {alpha!r}"
@@ -86,14 +84,13 @@ def total_steps_from_alpha(alpha: float, rho_0: float) -> float:
 def alpha_from_total_steps(total_steps: float, rho_0: float) -> float:
     """The paper's cooling rate ``alpha = (1 - rho_0)**(1/S)`` for ``S = total_steps``."""
     _check_rho_0(rho_0)
-    if not _is_number(total_steps) or not total_steps > 0:
-        raise ValueError(f"total_steps must be a number > 0, got {total_steps!r}")
+    check_number("total_steps", total_steps, positive=True)
     return math.exp(math.log1p(-rho_0) / total_steps)
 
 
 def temperature_ratio(rho: float) -> float:
     """``T(rho) / T(0) = (1 + rho) / (1 - rho)`` at a fixed learning rate."""
-    if not _is_number(rho) or not 0.0 <= rho < 1.0:
+    if not is_number(rho) or not 0.0 <= rho < 1.0:
         raise ValueError(f"rho must be in [0, 1), got {rho!r}")
     return (1.0 + rho) / (1.0 - rho)
 
@@ -104,8 +101,7 @@ def sgd_to_coolmomentum(lr: float, momentum: float) -> dict[str, float]:
     ``SGD(lr=eta, momentum=mu)`` equals CoolMomentum with ``lr = 2 eta / (1 + mu)`` at
     ``rho = mu``. Returns ``{"lr": ..., "rho_0": ...}``.
     """
-    if not _is_number(lr) or lr < 0:
-        raise ValueError(f"lr must be a number >= 0, got {lr!r}")
+    check_number("lr", lr)
     _check_rho_0(momentum)
     return {"lr": 2.0 * lr / (1.0 + momentum), "rho_0": float(momentum)}
 
@@ -115,8 +111,7 @@ def coolmomentum_to_sgd(lr: float, rho: float) -> dict[str, float]:
 
     Returns ``{"lr": lr * (1 + rho) / 2, "momentum": rho}``.
     """
-    if not _is_number(lr) or lr < 0:
-        raise ValueError(f"lr must be a number >= 0, got {lr!r}")
+    check_number("lr", lr)
     _check_rho_0(rho)
     return {"lr": lr * (1.0 + rho) / 2.0, "momentum": float(rho)}
 
@@ -171,11 +166,12 @@ class Schedule:
                 )
             total_steps = total_steps_from_alpha(alpha, rho_0)
         elif total_steps is not None:
-            if not _is_number(total_steps) or not total_steps > 0:
-                raise ValueError(
-                    f"total_steps must be a number > 0 (the number of cooling steps, usually "
-                    f"epochs * steps per epoch), got {total_steps!r}"
-                )
+            check_number(
+                "total_steps",
+                total_steps,
+                positive=True,
+                hint=" (the number of cooling steps, usually epochs * steps per epoch)",
+            )
             total_steps = float(total_steps)
         elif schedule in _NEEDS_TOTAL_STEPS:
             raise ValueError(
@@ -222,7 +218,6 @@ def rho(
     >>> rho(100, rho_0=0.99, total_steps=100)
     0.0
     """
-    if not _is_number(step) or step < 0:
-        raise ValueError(f"step must be a number >= 0, got {step!r}")
+    check_number("step", step)
     value = Schedule.create(rho_0, total_steps, alpha, schedule, hot_steps)(step)
     return float(value)

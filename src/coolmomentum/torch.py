@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._numbers import check_number, schedule_float
 from .schedules import RhoFn, Schedule
 
 __all__ = ["CoolMomentum"]
@@ -133,12 +134,10 @@ class CoolMomentum(Optimizer):
                 raise ValueError(
                     f"lr as a tensor must hold one element, got shape {tuple(lr.shape)}"
                 )
-        elif not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr >= 0:
-            raise ValueError(f"lr must be a number >= 0 (the step dt**2, e.g. 0.01), got {lr!r}")
+        else:
+            check_number("lr", lr, hint=" (the step dt**2, e.g. 0.01)")
         for key in ("weight_decay", "noise_std"):
-            value = group[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+            check_number(key, group[key])
         _schedule(group)  # raises ValueError naming the bad schedule argument
         for key in _GROUP_STATE:
             if key in group and not isinstance(group[key], Tensor):
@@ -154,7 +153,7 @@ class CoolMomentum(Optimizer):
         params = group["params"]
         device = params[0].device if params else torch.device("cpu")
         step_device = device if group["capturable"] else torch.device("cpu")
-        acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+        acc_dtype = getattr(torch, schedule_float("torch", device.type))
         for key, where, dtype, shape in (
             ("step", step_device, torch.int64, ()),
             ("temperature_start", step_device, torch.int64, ()),
@@ -269,7 +268,7 @@ class CoolMomentum(Optimizer):
         schedule = _schedule(group)
         lr = group["lr"]
         if group["capturable"] or torch.compiler.is_compiling():
-            real = torch.float32 if step.device.type == "mps" else torch.float64
+            real = getattr(torch, schedule_float("torch", step.device.type))
             rho = schedule(step.to(real), ops=torch)
         else:
             rho = schedule(int(step.item()))  # a CPU tensor: no device synchronization

@@ -300,6 +300,9 @@ def main(phase: str, outdir: str) -> None:
         for case in PHASES[phase]:
             case(out)
     finally:
+        # A rank that leaves while its peer's last collective is still in flight aborts the
+        # peer's gloo threads ("terminate called without an active exception"): meet first.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -248,8 +248,10 @@ def _run_all(args: argparse.Namespace, *, single: bool) -> int:
             path = write_report(out, results, title)
             say(path.read_text().split("\n\n")[1])
             say(f"report: {path}")
-    finally:
-        world.close()
+    except BaseException:
+        world.close(wait=False)
+        raise
+    world.close()
     return 0
 
 

@@ -36,12 +36,13 @@ class World:
                 dist.all_reduce(v)
         return list(values)
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group, once every rank is here (``wait``): a rank that leaves
+        while a peer's last collective is in flight aborts that peer's gloo threads. After an
+        error, leave at once (``wait=False``): the other ranks may never arrive."""
         if self.active and dist.is_initialized():
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from .._numbers import check_number
 
 
 def check_count(value: object, name: str, minimum: int) -> int:
@@ -17,11 +17,7 @@ def check_count(value: object, name: str, minimum: int) -> int:
 
 def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
     """``value`` as a finite ``float`` > 0 (or >= 0), or a ValueError naming ``name``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (value >= 0 if allow_zero else value > 0):  # type: ignore[operator]
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return float(check_number(name, value, positive=not allow_zero, finite=True))
 
 
 def check_positions(
