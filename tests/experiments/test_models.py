@@ -119,6 +119,21 @@ def test_he_initialization():
             assert (module.bias == 0).all()
 
 
+def test_pytorch_initialization_keeps_the_layer_defaults():
+    """The authors' ResNet-34: torch's Kaiming-uniform (a = sqrt(5)), std 1 / sqrt(3 fan_in)."""
+    torch.manual_seed(0)
+    model = build_model("resnet34", init="pytorch")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() > 100_000]
+    assert convs
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        bound = fan_in**-0.5
+        assert conv.weight.abs().max().item() <= bound
+        assert conv.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    with pytest.raises(ValueError, match="he-normal, pytorch"):
+        build_model("resnet20", init="xavier")
+
+
 def test_unknown_model_lists_the_names():
     names = "resnet20, resnet32, resnet44, resnet56, resnet34, convnet"
     with pytest.raises(ValueError, match=names):

@@ -22,7 +22,9 @@
 
 The other models' convolution and linear weights get He (Kaiming) normal initialization,
 ``std = sqrt(2 / fan_in)`` (He et al. 2015; Keras ``he_normal``), biases zero, batch norm
-scale 1 and shift 0.
+scale 1 and shift 0 (``init="he-normal"``, the Keras ResNet example's), or keep PyTorch's
+layer defaults (``init="pytorch"``: Kaiming-uniform with ``a = sqrt(5)``, as the authors'
+PyTorch ResNet-34 script leaves them).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from torch import Tensor, nn
 
 from .efficientnet import efficientnet_b0
 
-__all__ = ["MODELS", "BasicBlock", "ConvNet", "ResNet", "build_model"]
+__all__ = ["MODELS", "MODEL_INITS", "BasicBlock", "ConvNet", "ResNet", "build_model"]
 
 MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet34", "convnet", "efficientnet-b0")
+MODEL_INITS = ("he-normal", "pytorch")
 
 
 def _conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -73,7 +76,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def _init(model: nn.Module) -> None:
+def he_normal_init(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
@@ -107,7 +110,6 @@ class ResNet(nn.Module):
                 channels = width
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(channels, num_classes)
-        _init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.blocks(F.relu(self.stem(x)))
@@ -122,7 +124,6 @@ class ConvNet(nn.Module):
         channels = [in_channels, *widths]
         self.convs = nn.ModuleList(_conv_bn(a, b) for a, b in itertools.pairwise(channels))
         self.head = nn.Linear(channels[-1], num_classes)
-        _init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         for i, conv in enumerate(self.convs):
@@ -132,19 +133,28 @@ class ConvNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build_model(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    """One of :data:`MODELS`, freshly initialized, for ``in_channels``-channel images."""
-    if name == "convnet":
-        return ConvNet(in_channels, num_classes)
+def build_model(
+    name: str, in_channels: int = 3, num_classes: int = 10, init: str = "he-normal"
+) -> nn.Module:
+    """One of :data:`MODELS`, freshly initialized (``init``: one of :data:`MODEL_INITS`; the
+    EfficientNet always has its own), for ``in_channels``-channel images."""
+    if init not in MODEL_INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(MODEL_INITS)}")
     if name == "efficientnet-b0":
         return efficientnet_b0(num_classes, in_channels=in_channels)
-    if name == "resnet34":
-        return ResNet((3, 4, 6, 3), (64, 128, 256, 512), in_channels, num_classes, True)
-    if name in MODELS:
+    model: nn.Module
+    if name == "convnet":
+        model = ConvNet(in_channels, num_classes)
+    elif name == "resnet34":
+        model = ResNet((3, 4, 6, 3), (64, 128, 256, 512), in_channels, num_classes, True)
+    elif name in MODELS:
         n = (int(name.removeprefix("resnet")) - 2) // 6
         model = ResNet((n, n, n), (16, 32, 64), in_channels, num_classes, False)
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):  # Keras defaults: momentum 0.99, epsilon 1e-3
                 module.momentum, module.eps = 0.01, 1e-3
-        return model
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if init == "he-normal":
+        he_normal_init(model)
+    return model

@@ -9,7 +9,7 @@ from typing import Any
 
 from coolmomentum._io import atomic_write
 
-__all__ = ["PLOTS", "write_report"]
+__all__ = ["PLOTS", "table", "write_report"]
 
 # (file name, metric key, y label, log scale)
 PLOTS = (
@@ -29,7 +29,8 @@ _OPTIONAL = (
 )
 
 
-def _table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+def table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The Markdown table of final and best results, a line per run."""
     extra = [
         (key, header)
         for key, header in _OPTIONAL
@@ -91,10 +92,12 @@ def _plot(
     return drawn
 
 
-def write_report(out: Path, runs: dict[str, list[dict[str, Any]]], title: str) -> Path:
+def write_report(
+    out: Path, runs: dict[str, list[dict[str, Any]]], title: str, description: str = ""
+) -> Path:
     """Write ``report.md`` and the plots into ``out``; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# {title}", "", *_table(runs), ""]
+    lines = [f"# {title}", "", *([description, ""] if description else []), *table(runs), ""]
     for name, key, ylabel, log in PLOTS:
         if _plot(runs, key, ylabel, log, out / name):
             lines.append(f"![{ylabel}]({name})")
