@@ -135,7 +135,7 @@ def train(
         record = _train_stretch(run, forward, data, config, end, steps_per_epoch, bar)
         test = evaluate(run.model, data)
         record.update(test)
-        ema_test = dict.fromkeys(test)  # the same keys in every run: None without an average
+        ema_test: dict[str, float | None] = dict.fromkeys(test)  # the same keys: None without EMA
         if run.ema is not None:
             if world.active:  # batch-norm statistics differ between ranks: keep rank 0's
                 for averaged in run.ema.model.buffers():
