@@ -135,12 +135,12 @@ def train(
         record = _train_stretch(run, forward, data, config, end, steps_per_epoch, bar)
         test = evaluate(run.model, data)
         record.update(test)
-        ema_test: dict[str, float | None] = dict.fromkeys(test)  # the same keys: None without EMA
+        ema_test: dict[str, Any] = dict.fromkeys(test)  # the same keys in every run
         if run.ema is not None:
             if world.active:  # batch-norm statistics differ between ranks: keep rank 0's
                 for averaged in run.ema.model.buffers():
                     torch.distributed.broadcast(averaged, 0)
-            ema_test = evaluate(run.ema.model, data)
+            ema_test.update(evaluate(run.ema.model, data))
         record.update({f"ema_{k}": v for k, v in ema_test.items()})
         record.update(run.optimizer.momentum(all_reduce=world.active))
         run.metrics.append(record)
