@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from coolmomentum._io import atomic_write
-from coolmomentum.experiments.presets import PRESETS
 from coolmomentum.experiments.config import RunConfig
 from coolmomentum.experiments.data import InMemoryData
 from coolmomentum.experiments.distributed import resolve_device
 from coolmomentum.experiments.loop import train
+from coolmomentum.experiments.presets import PRESETS
 
 RESULTS = Path(__file__).parent / "results" / "fashion_mnist.md"
 
