@@ -24,7 +24,7 @@ from coolmomentum.experiments.augment import (
     random_shift,
     translate,
 )
-from coolmomentum.experiments.config import RunConfig
+from coolmomentum.experiments.config import ConfigError, RunConfig
 from coolmomentum.experiments.data import InMemoryData
 from coolmomentum.experiments.datasets import (
     CorruptDatasetError,
@@ -547,9 +547,23 @@ def test_an_epoch_started_mid_way_yields_the_rest_of_the_same_epoch(augment):
         assert torch.equal(x, x_tail) and torch.equal(y, y_tail)
 
 
-def test_test_batches_cover_the_test_set_in_order():
-    d = _in_memory("cpu", eval_batch_size=200)
-    out = list(d.test_batches())
-    assert [len(y) for _, y in out] == [200, 200, 112]
+def test_evaluation_batches_cover_the_test_set_or_the_training_set_in_order():
+    d = _in_memory("cpu", eval_batch_size=200, augment="crop-flip")
+    out = list(d.eval_batches())
+    assert [len(y) for _, y in out] == [200, 200, 112] and d.eval_name == "test"
     assert torch.equal(torch.cat([x for x, _ in out]), d.prepare(d.ds.test_x))
     assert torch.equal(torch.cat([y for _, y in out]), d.ds.test_y)
+    whole = list(d.eval_batches(training_set=True))  # unaugmented
+    assert torch.equal(torch.cat([x for x, _ in whole]), d.prepare(d.ds.train_x))
+
+
+def test_validation_holds_out_the_last_training_images_and_drops_the_test_set():
+    full = load_dataset("synthetic")
+    d = InMemoryData(RunConfig(dataset="synthetic", validation=300, train_subset=1000),
+                     torch.device("cpu"))  # fmt: skip
+    assert (d.eval_name, d.num_eval, d.num_train) == ("val", 300, 1000)
+    assert torch.equal(d.ds.test_x, full.train_x[-300:])
+    assert torch.equal(d.ds.test_y, full.train_y[-300:])
+    assert torch.equal(d.ds.train_x, full.train_x[:1000])
+    with pytest.raises(ConfigError, match="leaves no training images"):
+        InMemoryData(RunConfig(dataset="synthetic", validation=2048), torch.device("cpu"))

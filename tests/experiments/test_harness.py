@@ -215,10 +215,18 @@ def test_set_changes_one_run_and_lr_decay_steps_the_learning_rate(data_dir, tmp_
         "sgd.lr=0.2",
         "--set",
         "sgd.lr_decay=1:0.5,2:0.1",
+        "--set",
+        "sgd.lr_schedule=constant",
     )
     sgd = load_metrics(out / "sgd")
     assert [m["lr"] for m in sgd] == pytest.approx([0.2, 0.1, 0.02])
-    assert [m["lr"] for m in load_metrics(out / "adam")] == pytest.approx([1e-3] * 3)
+    # The demo's Adam decays along a cosine over the run's 12 steps; each record holds the lr
+    # of its epoch's last step.
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 12)) for k in (3, 7, 11)]
+    adam = load_metrics(out / "adam")
+    assert [m["lr"] for m in adam] == pytest.approx(cosine, rel=1e-12)
+    samples = [s["lr"] for m in adam for s in m["samples"]]
+    assert samples == pytest.approx(cosine, rel=1e-12)  # sampled every 25 steps and at the end
 
 
 def test_hot_phase_in_epochs_holds_rho_0_then_cools_over_the_rest(data_dir, tmp_path):
@@ -408,3 +416,76 @@ def test_evaluation_every_n_steps_and_a_resume_from_mid_epoch(data_dir, tmp_path
     untimed = [{k: v for k, v in m.items() if k not in ("seconds", "images_per_s")}
                for m in (*straight, *resumed)]  # fmt: skip
     assert untimed[:3] == untimed[3:]
+
+
+def test_baselines_adamw_and_schedule_free_train_and_evaluate(data_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("compare", *TINY, "--data-dir", data_dir, "--epochs", 2, "--out", out,
+                   "--optimizers", "adamw,sgd-schedulefree,adamw-schedulefree",
+                   "--set", "adamw.lr_schedule=cosine", "--set", "sgd-schedulefree.lr=0.5",
+                   "--lr-warmup-steps", 2) == 0  # fmt: skip
+    for label in ("adamw", "sgd-schedulefree", "adamw-schedulefree"):
+        metrics = load_metrics(out / label)
+        assert [m["step"] for m in metrics] == [4, 8]
+        assert all(math.isfinite(m["train_loss"]) and m["test_acc"] >= 0 for m in metrics)
+    assert [m["lr"] for m in load_metrics(out / "sgd-schedulefree")] == [0.5, 0.5]
+
+
+def test_a_schedule_free_run_is_not_changed_by_its_evaluations(data_dir, tmp_path):
+    """Evaluating switches to the averaged weights and recomputes batch norm there; training
+    continues from exactly the weights it left, also after a resume."""
+    def run(out, **settings):
+        config = RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=16,
+                           seed=3, epochs=2, runs=[{"optimizer": "sgd-schedulefree", "lr": 0.5,
+                                                    "lr_warmup_steps": 2}], **settings)  # fmt: skip
+        data = InMemoryData(config, torch.device("cpu"))
+        return config, data, train(config, config.runs[0], out, data, log=lambda _: None)
+
+    _, _, rare = run(tmp_path / "rare")
+    config, data, often = run(tmp_path / "often", eval_every_steps=1)
+    assert len(rare) == 2 and len(often) == 8
+    assert often[3]["test_loss"] == rare[0]["test_loss"]  # the same weights at step 4
+
+    def stop(line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, config.runs[0], tmp_path / "resumed", data, log=stop)
+    train(config, config.runs[0], tmp_path / "resumed", data, resume=True, log=lambda _: None)
+    a = torch.load(tmp_path / "rare/checkpoint.pt", weights_only=True)
+    for name in ("often", "resumed"):
+        b = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), (name, key)
+
+
+def test_validation_split_and_the_final_training_set_loss(data_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("train", *TINY, "--data-dir", data_dir, "--epochs", 2, "--out", out,
+                   "--validation", 16, "--final-train-loss") == 0  # fmt: skip
+    first, last = load_metrics(out / "coolmomentum")
+    assert first["step"] == 3 and last["step"] == 6  # 48 training images: 3 batches of 16
+    assert "val_acc" in last and "test_acc" not in last and last["ema_val_acc"] is None
+    assert "train_eval_loss" not in first and math.isfinite(last["train_eval_loss"])
+    assert last["train_eval_loss"] != last["train_loss"]  # eval mode at the final weights
+    report = (out / "report.md").read_text()
+    assert "final val acc" in report and "![validation accuracy](accuracy.png)" in report
+
+
+def test_temperature_is_the_mean_over_every_element_of_every_group():
+    from coolmomentum.experiments.optimizers import RunOptimizer
+
+    torch.manual_seed(0)
+    small, big = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(50))
+    from coolmomentum import CoolMomentum
+
+    opt = CoolMomentum([{"params": [small], "lr": 0.5}, {"params": [big]}], lr=0.01,
+                       total_steps=10)  # fmt: skip
+    spec = OptimizerSpec()
+    run_opt = RunOptimizer(opt, spec, steps_per_epoch=10, total_steps=10)
+    small.grad, big.grad = torch.randn(3), torch.randn(50)
+    opt.step()
+    v = torch.cat([opt.state[p]["momentum_buffer"] for p in (small, big)])
+    report = run_opt.momentum()
+    assert report["temperature"] == pytest.approx(v.square().mean().item(), rel=1e-6)
+    assert report["rho"] == pytest.approx(0.99)

@@ -22,8 +22,10 @@ __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
     "IMAGENET",
+    "LR_SCHEDULES",
     "NORMALIZATIONS",
     "OPTIMIZERS",
+    "SCHEDULE_FREE",
     "WEIGHT_DECAY_PARAMS",
     "ConfigError",
     "OptimizerSpec",
@@ -33,7 +35,17 @@ __all__ = [
 
 IMAGENET = "imagenet"  # streamed from an ImageFolder tree; the others sit in memory
 DATASETS = (*IN_MEMORY_DATASETS, IMAGENET)
-OPTIMIZERS = ("coolmomentum", "sgd", "adam", "rmsprop-tf")
+OPTIMIZERS = (
+    "coolmomentum",
+    "sgd",
+    "adam",
+    "adamw",
+    "sgd-schedulefree",
+    "adamw-schedulefree",
+    "rmsprop-tf",
+)
+SCHEDULE_FREE = ("sgd-schedulefree", "adamw-schedulefree")
+LR_SCHEDULES = ("constant", "cosine")
 WEIGHT_DECAY_PARAMS = ("all", "conv", "no-batchnorm")
 AUGMENTATIONS = ("none", "shift-flip", "crop-flip")
 NORMALIZATIONS = ("channel", "pixel-mean")
@@ -88,10 +100,12 @@ class OptimizerSpec:
     """One optimizer of a run and its hyperparameters.
 
     The learning rate is set before every step (:func:`.optimizers.lr_at`): a linear warm-up
-    from 0 over ``lr_warmup_steps``, then ``lr`` times ``lr_decay_factor ** floor(step /
-    lr_decay_every_steps)`` (a staircase counted from step 0) times the step decay
-    ``lr_decay``, given as ``[[epoch, factor], ...]``: from that (0-based) epoch on the factor
-    applies.
+    from 0 over ``lr_warmup_steps``, then ``lr`` times the ``lr_schedule`` (``cosine``: half a
+    cosine from 1 after the warm-up to 0 at the run's last step) times ``lr_decay_factor **
+    floor(step / lr_decay_every_steps)`` (a staircase counted from step 0) times the step
+    decay ``lr_decay``, given as ``[[epoch, factor], ...]``: from that (0-based) epoch on the
+    factor applies. The schedule-free optimizers take no schedule: ``lr_warmup_steps`` is
+    their own ``warmup_steps``.
     """
 
     optimizer: str = setting("coolmomentum", flag=False)
@@ -106,7 +120,15 @@ class OptimizerSpec:
     momentum_warmup_steps: int = setting(
         0, "CoolMomentum: rho = 0 for the global steps before this one, then the schedule"
     )
-    momentum: float = setting(0.9, "SGD's and TF RMSProp's momentum")
+    momentum: float = setting(
+        0.9, "momentum of SGD, TF RMSProp and schedule-free SGD (its interpolation beta)"
+    )
+    nesterov: bool = setting(False, "SGD: Nesterov momentum")
+    lr_schedule: str = setting(
+        "constant",
+        "learning-rate schedule: constant, or cosine decay to 0 at the last step",
+        choices=LR_SCHEDULES,
+    )
     weight_decay: float = setting(0.0, "L2 penalty added to the gradient")
     lr_decay: list[list[float]] = setting(
         [], "step decay of the learning rate", metavar="EPOCH:FACTOR,...", parse=parse_lr_decay
@@ -138,6 +160,21 @@ class OptimizerSpec:
             not self.momentum_warmup_steps or self.optimizer == "coolmomentum",
             f"momentum_warmup_steps is CoolMomentum's; run {self.label!r} uses "
             f"{self.optimizer}: leave it at 0",
+        )
+        _check(
+            self.lr_schedule in LR_SCHEDULES,
+            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+        )
+        _check(
+            self.optimizer not in SCHEDULE_FREE
+            or (self.lr_schedule == "constant" and not self.lr_decay and self.lr_decay_factor == 1),
+            f"run {self.label!r}: {self.optimizer} needs no learning-rate schedule (it is "
+            f"schedule-free): leave lr_schedule constant and lr_decay empty; its warm-up is "
+            f"lr_warmup_steps",
+        )
+        _check(
+            self.optimizer != "sgd-schedulefree" or 0 < self.momentum < 1,
+            f"run {self.label!r}: sgd-schedulefree needs 0 < momentum < 1, got {self.momentum}",
         )
         self.lr_decay = [[float(e), float(f)] for e, f in self.lr_decay]
 
@@ -180,6 +217,19 @@ class RunConfig:
     out: str = setting("runs/demo", "output directory (default runs/<preset>)")
     train_subset: int | None = setting(None, "train on the first N images only")
     test_subset: int | None = setting(None, "evaluate on the first N images only")
+    validation: int | None = setting(
+        None,
+        "hold out the last N training images and evaluate on them instead of the test set "
+        "(for tuning; the test set is then not read)",
+    )
+    final_train_loss: bool = setting(
+        False,
+        "at the last evaluation, also measure loss and accuracy over the whole training set "
+        "(evaluation mode, no augmentation)",
+    )
+    sample_every_steps: int = setting(
+        25, "record lr, rho and the temperature every N steps within each evaluation's record"
+    )
     drop_last: bool = setting(True, "drop the last incomplete batch of every epoch")
     augment: str = setting("none", "augmentation of the training images", choices=AUGMENTATIONS)
     normalize: str = setting(
@@ -219,9 +269,9 @@ class RunConfig:
             len(set(labels)) == len(labels),
             f"run labels must differ, got {labels}; set 'label' per run",
         )
-        for name in ("epochs", "batch_size", "image_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "image_size", "eval_batch_size", "sample_every_steps"):
             _positive_int(name, getattr(self, name))
-        for name in ("max_steps", "eval_every_steps", "train_subset", "test_subset"):
+        for name in ("max_steps", "eval_every_steps", "train_subset", "test_subset", "validation"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         _check(

@@ -68,15 +68,21 @@ def rank_batch(config: RunConfig, world: World) -> int:
 
 
 class TrainingData(Protocol):
-    """What the training loop reads from a dataset."""
+    """What the training loop reads from a dataset.
+
+    ``eval_name`` names the evaluation set: ``"test"``, or ``"val"`` when it is held out of
+    the training images (``RunConfig.validation``); ``num_eval`` is its size.
+    """
 
     world: World
     device: torch.device
     channels_last: bool
     num_train: int
-    num_test: int
+    num_eval: int
+    eval_name: str
     in_channels: int
     num_classes: int
+    image_size: int
 
     def steps_per_epoch(self) -> int: ...
 
@@ -86,18 +92,40 @@ class TrainingData(Protocol):
         gradient is the global batch's."""
         ...
 
-    def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """This rank's shard of the evaluation set, in batches."""
+    def eval_batches(self, training_set: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's shard of the evaluation set (or of the training set, unaugmented), in
+        order, in batches."""
         ...
 
 
 class InMemoryData:
-    """A dataset held on the device as uint8, normalized and augmented there in batches."""
+    """A dataset held on the device as uint8, normalized and augmented there in batches.
+
+    With ``config.validation = N`` the last ``N`` training images are the evaluation set
+    (``ds.test_x``) and the test set is not kept; ``train_subset`` then takes the first images
+    of the rest, ``test_subset`` the first of the evaluation set.
+    """
 
     def __init__(self, config: RunConfig, device: torch.device, world: World | None = None) -> None:
         world = world or World()
         rank_batch(config, world)
         ds = load_dataset(config.dataset, config.data_dir)
+        self.eval_name = "test"
+        if config.validation:
+            if config.validation >= len(ds.train_x):
+                raise ConfigError(
+                    f"--validation {config.validation} leaves no training images of the "
+                    f"{len(ds.train_x)}"
+                )
+            cut = len(ds.train_x) - config.validation
+            ds = dataclasses.replace(
+                ds,
+                train_x=ds.train_x[:cut],
+                train_y=ds.train_y[:cut],
+                test_x=ds.train_x[cut:],
+                test_y=ds.train_y[cut:],
+            )
+            self.eval_name = "val"
         if config.train_subset:
             ds = dataclasses.replace(
                 ds,
@@ -109,8 +137,9 @@ class InMemoryData:
                 ds, test_x=ds.test_x[: config.test_subset], test_y=ds.test_y[: config.test_subset]
             )
         self.ds = ds.to(device)
-        self.num_train, self.num_test = len(ds.train_x), len(ds.test_x)
+        self.num_train, self.num_eval = len(ds.train_x), len(ds.test_x)
         self.in_channels, self.num_classes = ds.in_channels, ds.num_classes
+        self.image_size = ds.image_size
         self.device = device
         self.config = config
         self.world = world
@@ -161,8 +190,11 @@ class InMemoryData:
             share = len(mine) * self.world.size / len(index)
             yield x[mine], y_all[index][mine], share
 
-    def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        x_all, y_all = self.ds.test_x, self.ds.test_y
+    def eval_batches(self, training_set: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        if training_set:
+            x_all, y_all = self.ds.train_x, self.ds.train_y
+        else:
+            x_all, y_all = self.ds.test_x, self.ds.test_y
         mine = torch.tensor_split(torch.arange(len(x_all)), self.world.size)[self.world.rank]
         b = self.config.eval_batch_size
         for start in range(0, len(mine), b):
@@ -185,8 +217,15 @@ class ImageNetData:
             raise ConfigError(
                 "the imagenet dataset needs --data-dir: the folder that holds train/ and val/"
             )
-        if config.train_subset or config.test_subset:
-            raise ConfigError("--train-subset and --test-subset do not apply to imagenet")
+        if config.train_subset or config.test_subset or config.validation:
+            raise ConfigError(
+                "--train-subset, --test-subset and --validation do not apply to imagenet"
+            )
+        if config.final_train_loss:
+            raise ConfigError(
+                "--final-train-loss does not apply to imagenet (a pass over 1.28 M images)"
+            )
+        self.eval_name = "test"
         common = dict(
             rank=world.rank,
             world_size=world.size,
@@ -212,8 +251,9 @@ class ImageNetData:
         )
         train_set: imagenet.ImageFolder = self.train_loader.dataset  # type: ignore[assignment]
         test_set: imagenet.ImageFolder = self.test_loader.dataset  # type: ignore[assignment]
-        self.num_train, self.num_test = len(train_set), len(test_set)
+        self.num_train, self.num_eval = len(train_set), len(test_set)
         self.in_channels, self.num_classes = 3, len(train_set.classes)
+        self.image_size = config.image_size
         self.device = device
         self.channels_last = device.type == "cuda"
 
@@ -230,7 +270,9 @@ class ImageNetData:
         for x, y in self.train_loader:
             yield self._on_device(x), y.to(self.device, non_blocking=True), 1.0
 
-    def test_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def eval_batches(self, training_set: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        if training_set:
+            raise ConfigError("imagenet is not evaluated on its training set")
         for x, y in self.test_loader:
             yield self._on_device(x), y.to(self.device, non_blocking=True)
 

@@ -133,16 +133,7 @@ def train(
     for end in evaluation_steps(run.step, last_step, steps_per_epoch, config.eval_every_steps):
         bar = _progress(show, end - run.step, f"{spec.label} {run.step}->{end}/{last_step}")
         record = _train_stretch(run, forward, data, config, end, steps_per_epoch, bar)
-        test = evaluate(run.model, data)
-        record.update(test)
-        ema_test: dict[str, Any] = dict.fromkeys(test)  # the same keys in every run
-        if run.ema is not None:
-            if world.active:  # batch-norm statistics differ between ranks: keep rank 0's
-                for averaged in run.ema.model.buffers():
-                    torch.distributed.broadcast(averaged, 0)
-            ema_test.update(evaluate(run.ema.model, data))
-        record.update({f"ema_{k}": v for k, v in ema_test.items()})
-        record.update(run.optimizer.momentum(all_reduce=world.active))
+        record.update(_evaluations(run, data, config, final=end == last_step))
         run.metrics.append(record)
         if world.is_main:
             checkpoint.save(run_dir, run.state(saved_config, steps_per_epoch))
@@ -150,10 +141,36 @@ def train(
     return run.metrics
 
 
+def _evaluations(
+    run: Run, data: TrainingData, config: RunConfig, *, final: bool
+) -> dict[str, Any]:
+    """The evaluation set's metrics at the optimizer's evaluation weights, the weight
+    average's (None without one) and, at the end with ``final_train_loss``, the training
+    set's; keys ``<set>_loss``, ``<set>_acc``, ``<set>_top5``."""
+    name = data.eval_name
+    epoch = max(run.step - 1, 0) // data.steps_per_epoch()
+    out: dict[str, Any] = {}
+    with run.optimizer.evaluation_weights(run.model, lambda: data.train_batches(epoch)):
+        out.update({f"{name}_{k}": v for k, v in evaluate(run.model, data).items()})
+        if final and config.final_train_loss:
+            train_set = evaluate(run.model, data, training_set=True)
+            out.update({f"train_eval_{k}": v for k, v in train_set.items()})
+    average = dict.fromkeys(("loss", "acc", "top5"))  # the same keys in every run
+    if run.ema is not None:
+        if data.world.active:  # batch-norm statistics differ between ranks: keep rank 0's
+            for averaged in run.ema.model.buffers():
+                torch.distributed.broadcast(averaged, 0)
+        average.update(evaluate(run.ema.model, data))
+    out.update({f"ema_{name}_{k}": v for k, v in average.items()})
+    return out
+
+
 def _build(config: RunConfig, spec: OptimizerSpec, data: TrainingData, steps_per_epoch: int) -> Run:
     """The model (from the run's seed), its optimizer and weight average, before any step."""
     torch.manual_seed(config.seed)
-    model = build_model(config.model, data.in_channels, data.num_classes, config.model_init)
+    model = build_model(
+        config.model, data.in_channels, data.num_classes, config.model_init, data.image_size
+    )
     model = model.to(data.device)
     if data.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -190,10 +207,14 @@ def _train_stretch(
     steps_per_epoch: int,
     bar: Any,
 ) -> dict[str, Any]:
-    """Train from ``run.step`` to ``end``; the stretch's training metrics."""
+    """Train from ``run.step`` to ``end``; the stretch's training metrics, with ``lr``,
+    ``rho`` and the temperature sampled every ``config.sample_every_steps`` steps."""
     device = data.device
     run.model.train()
+    run.optimizer.train_mode()
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
+    samples: list[dict[str, Any]] = []
+    sampled_at = run.step
     started = time.perf_counter()
     lr = float("nan")
     for step, (x, y, share) in _batches(data, run.step, end, steps_per_epoch):
@@ -212,6 +233,11 @@ def _train_stretch(
         sums[1] += (logits.detach().argmax(1) == y).sum()
         sums[2] += len(y)
         run.step = step + 1
+        if run.step % config.sample_every_steps == 0 or run.step == end:
+            window = run.step - sampled_at
+            momentum = run.optimizer.momentum(all_reduce=data.world.active)
+            samples.append({"step": run.step, "lr": lr, **momentum, "steps": window})
+            sampled_at = run.step
         if bar is not None:
             if run.step % PROGRESS_EVERY == 0 or run.step == end:
                 bar.set_postfix(_live(sums, run.optimizer), refresh=False)
@@ -221,14 +247,21 @@ def _train_stretch(
     if bar is not None:
         bar.close()
     loss_sum, correct, seen = sums.tolist()
+    tracked = [(s["temperature"], s["steps"]) for s in samples if s["temperature"] is not None]
     return {
         "epoch": _epochs(run.step, steps_per_epoch),
         "step": run.step,
         "train_loss": loss_sum / seen,
         "train_acc": correct / seen,
         "lr": lr,
+        "rho": samples[-1]["rho"],
+        # The mean over the stretch's steps of the per-step mean of v**2 over the model.
+        "temperature": sum(t * n for t, n in tracked) / sum(n for _, n in tracked)
+        if tracked
+        else None,
         "seconds": seconds,
         "images_per_s": seen / seconds,
+        "samples": [{k: v for k, v in s.items() if k != "steps"} for s in samples],
     }
 
 
@@ -252,20 +285,23 @@ def _progress(show: bool, total: int, desc: str) -> Any:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TrainingData) -> dict[str, float]:
-    """Test loss, accuracy and top-5 accuracy over the whole test set (every rank's shard)."""
+def evaluate(model: nn.Module, data: TrainingData, training_set: bool = False) -> dict[str, float]:
+    """Loss, accuracy and top-5 accuracy over the whole evaluation set (or training set), in
+    evaluation mode; every rank evaluates its shard."""
     model.eval()
     sums = torch.zeros(3, device=data.device, dtype=torch.float64)  # loss, correct, top-5
-    for x, y in data.test_batches():
+    count = torch.zeros((), device=data.device, dtype=torch.float64)
+    for x, y in data.eval_batches(training_set):
         with _autocast(data.device):
             logits = model(x)
         best = logits.topk(min(5, logits.shape[1]), dim=1).indices
         sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += (best == y[:, None]).any(1).sum()
-    data.world.sum(sums)
-    loss, correct, top5 = (v / data.num_test for v in sums.tolist())
-    return {"test_loss": loss, "test_acc": correct, "test_top5": top5}
+        count += len(y)
+    data.world.sum(sums, count)
+    loss, correct, top5 = (v / count.item() for v in sums.tolist())
+    return {"loss": loss, "acc": correct, "top5": top5}
 
 
 def _format(v: float | None, spec: str = ".4f") -> str:
@@ -274,11 +310,14 @@ def _format(v: float | None, spec: str = ".4f") -> str:
 
 def _summary(label: str, m: dict[str, Any], epochs: int) -> str:
     """One log line per evaluation."""
-    ema = f"EMA acc {m['ema_test_acc']:.4f}  " if m["ema_test_acc"] is not None else ""
+    name = "val" if "val_acc" in m else "test"
+    ema = m[f"ema_{name}_acc"]
     return (
         f"[{label}] epoch {m['epoch']}/{epochs}  train loss {m['train_loss']:.4f}  acc "
-        f"{m['train_acc']:.4f}  test loss {m['test_loss']:.4f}  acc {m['test_acc']:.4f}  "
-        f"top-5 {m['test_top5']:.4f}  {ema}rho {_format(m['rho'])}  "
+        f"{m['train_acc']:.4f}  {name} loss {m[f'{name}_loss']:.4f}  acc {m[f'{name}_acc']:.4f}  "
+        f"top-5 {m[f'{name}_top5']:.4f}  "
+        + (f"EMA acc {ema:.4f}  " if ema is not None else "")
+        + f"rho {_format(m['rho'])}  "
         f"T {_format(m['temperature'], '.3g')}  {m['seconds']:.1f}s  "
         f"{m['images_per_s']:.0f} img/s"
     )

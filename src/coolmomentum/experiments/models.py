@@ -16,6 +16,10 @@
   projection shortcuts. 21.3 M parameters.
 - ``efficientnet-b0``: EfficientNet-B0 (:mod:`.efficientnet`), 5.3 M parameters for RGB
   images and 1000 classes, with its own TF-style initialization.
+- ``lstm``: the image read row by row, a sequence of ``H`` steps of ``C * W`` pixels
+  (sequential Fashion-MNIST: 28 steps of 28), through a 2-layer LSTM of 128 units; the last
+  step's output feeds a linear classifier. 214 k parameters for 28x28 images; the LSTM keeps
+  PyTorch's initialization (uniform in ``±1 / sqrt(128)``).
 - ``convnet``: three 3x3 conv + batch norm + ReLU layers (32, 64, 128 channels, 2x2 max-pool
   after the first two), global average pooling and a linear classifier: 94 k parameters, for
   Fashion-MNIST.
@@ -38,9 +42,18 @@ from torch import Tensor, nn
 
 from .efficientnet import efficientnet_b0
 
-__all__ = ["MODELS", "MODEL_INITS", "BasicBlock", "ConvNet", "ResNet", "build_model"]
+__all__ = ["MODELS", "MODEL_INITS", "BasicBlock", "ConvNet", "ResNet", "RowLSTM", "build_model"]
 
-MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet34", "convnet", "efficientnet-b0")
+MODELS = (
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet34",
+    "convnet",
+    "lstm",
+    "efficientnet-b0",
+)
 MODEL_INITS = ("he-normal", "pytorch")
 
 
@@ -133,15 +146,43 @@ class ConvNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class RowLSTM(nn.Module):
+    """An image as a sequence of its rows, through an LSTM; a linear classifier on the last
+    step's output."""
+
+    def __init__(
+        self, row_size: int, num_classes: int, hidden_size: int = 128, num_layers: int = 2
+    ) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(row_size, hidden_size, num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, channels, height, width = x.shape
+        rows = x.permute(0, 2, 1, 3).reshape(n, height, channels * width)
+        out, _ = self.lstm(rows)
+        return self.head(out[:, -1])
+
+
 def build_model(
-    name: str, in_channels: int = 3, num_classes: int = 10, init: str = "he-normal"
+    name: str,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    init: str = "he-normal",
+    image_size: int = 32,
 ) -> nn.Module:
     """One of :data:`MODELS`, freshly initialized (``init``: one of :data:`MODEL_INITS`; the
-    EfficientNet always has its own), for ``in_channels``-channel images."""
+    EfficientNet always has its own), for ``in_channels``-channel images (``image_size``
+    pixels wide: the LSTM's row length depends on it)."""
     if init not in MODEL_INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(MODEL_INITS)}")
     if name == "efficientnet-b0":
         return efficientnet_b0(num_classes, in_channels=in_channels)
+    if name == "lstm":
+        lstm = RowLSTM(in_channels * image_size, num_classes)
+        if init == "he-normal":
+            he_normal_init(lstm.head)
+        return lstm
     model: nn.Module
     if name == "convnet":
         model = ConvNet(in_channels, num_classes)

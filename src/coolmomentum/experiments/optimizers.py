@@ -8,8 +8,10 @@ its published form.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,19 +21,32 @@ from torch import Tensor, nn
 from coolmomentum import CoolMomentum
 from coolmomentum.schedules import Schedule
 
-from .config import ConfigError, OptimizerSpec, RunConfig, run_steps
+from .config import SCHEDULE_FREE, ConfigError, OptimizerSpec, RunConfig, run_steps
 
 __all__ = ["MomentumWarmup", "RunOptimizer", "TFRMSprop", "build_optimizer", "lr_at"]
 
+# Batches over which a schedule-free run's batch-norm statistics are recomputed at the
+# averaged weights before each evaluation (the schedulefree README's recipe).
+SCHEDULE_FREE_BN_BATCHES = 50
 
-def lr_at(spec: OptimizerSpec, step: int, steps_per_epoch: int) -> float:
-    """The learning rate of global optimizer step ``step`` (counted from 0)."""
+
+def lr_at(spec: OptimizerSpec, step: int, steps_per_epoch: int, total_steps: int = 0) -> float:
+    """The learning rate of global optimizer step ``step`` (counted from 0) of a run of
+    ``total_steps`` steps (which only the cosine schedule needs)."""
+    if spec.optimizer in SCHEDULE_FREE:
+        return spec.lr  # its warm-up is its own
     if step < spec.lr_warmup_steps:
         return spec.lr * step / spec.lr_warmup_steps
     factor = 1.0
+    if spec.lr_schedule == "cosine":
+        span = max(1, total_steps - spec.lr_warmup_steps)
+        progress = min(1.0, (step - spec.lr_warmup_steps) / span)
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    decay = 1.0  # the factor of the latest step-decay epoch reached
     for start, f in spec.lr_decay:
         if step // steps_per_epoch >= start:
-            factor = f
+            decay = f
+    factor *= decay
     if spec.lr_decay_every_steps:
         factor *= spec.lr_decay_factor ** math.floor(step / spec.lr_decay_every_steps)
     return spec.lr * factor
@@ -70,21 +85,58 @@ class MomentumWarmup:
 
 
 class RunOptimizer:
-    """A run's optimizer with its learning-rate schedule and its momentum report."""
+    """A run's optimizer with its learning-rate schedule, its momentum report, and the
+    weights it is evaluated at."""
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, spec: OptimizerSpec, steps_per_epoch: int
+        self,
+        optimizer: torch.optim.Optimizer,
+        spec: OptimizerSpec,
+        steps_per_epoch: int,
+        total_steps: int,
     ) -> None:
         self.optimizer = optimizer
         self.spec = spec
         self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps
+        self.schedule_free = spec.optimizer in SCHEDULE_FREE
 
     def set_lr(self, step: int) -> float:
         """Set every group's learning rate for global step ``step``; returns it."""
-        lr = lr_at(self.spec, step, self.steps_per_epoch)
+        lr = lr_at(self.spec, step, self.steps_per_epoch, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
+
+    def train_mode(self) -> None:
+        """Before training steps (schedule-free optimizers step at their own point ``y``)."""
+        if self.schedule_free:
+            self.optimizer.train()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def evaluation_weights(
+        self, model: nn.Module, batches: Callable[[], Iterable[Any]]
+    ) -> Iterator[None]:
+        """The weights to evaluate, in place, for the duration of the block.
+
+        Schedule-free optimizers evaluate their average ``x``: the block switches the
+        optimizer to eval mode and recomputes batch norm's statistics there over
+        ``SCHEDULE_FREE_BN_BATCHES`` training batches from ``batches()``; afterwards the
+        training weights and statistics are put back exactly as they were, so that
+        evaluating never changes a run (the optimizer's own eval/train round trip moves the
+        weights by rounding).
+        """
+        if not self.schedule_free:
+            yield
+            return
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        self.optimizer.eval()  # type: ignore[attr-defined]
+        _recompute_batch_norm(model, itertools.islice(batches(), SCHEDULE_FREE_BN_BATCHES))
+        try:
+            yield
+        finally:
+            self.optimizer.train()  # type: ignore[attr-defined]
+            model.load_state_dict(saved)
 
     def momentum(self, *, reset: bool = True, all_reduce: bool = False) -> dict[str, Any]:
         """``rho`` of the latest step and the temperature (mean ``v**2`` over every element of
@@ -105,6 +157,26 @@ class RunOptimizer:
         return {"rho": rho, "temperature": None}
 
 
+@torch.no_grad()
+def _recompute_batch_norm(model: nn.Module, batches: Iterable[Any]) -> None:
+    """Batch norm's running statistics as the plain average over ``batches`` (``(x, ...)``),
+    at the current weights (as ``torch.optim.swa_utils.update_bn``)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    was_training = model.training
+    model.train()
+    for x, *_ in batches:
+        model(x)
+    model.train(was_training)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
 def build_optimizer(
     model: nn.Module, spec: OptimizerSpec, config: RunConfig, steps_per_epoch: int
 ) -> RunOptimizer:
@@ -112,10 +184,18 @@ def build_optimizer(
     optimizer: torch.optim.Optimizer
     if spec.optimizer == "sgd":
         optimizer = torch.optim.SGD(
-            groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+            groups,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay,
+            nesterov=spec.nesterov,
         )
     elif spec.optimizer == "adam":
         optimizer = torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+    elif spec.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+    elif spec.optimizer in SCHEDULE_FREE:
+        optimizer = _schedule_free(groups, spec)
     elif spec.optimizer == "rmsprop-tf":
         optimizer = TFRMSprop(
             groups,
@@ -127,7 +207,30 @@ def build_optimizer(
         )
     else:
         optimizer = _coolmomentum(groups, spec, config, steps_per_epoch)
-    return RunOptimizer(optimizer, spec, steps_per_epoch)
+    return RunOptimizer(optimizer, spec, steps_per_epoch, run_steps(config, steps_per_epoch))
+
+
+def _schedule_free(groups: list[dict[str, Any]], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """Schedule-free SGD or AdamW (Defazio et al. 2024, the ``schedulefree`` package), with
+    ``lr_warmup_steps`` as their warm-up."""
+    try:
+        import schedulefree
+    except ImportError:
+        raise ConfigError(
+            f"run {spec.label!r} needs the schedulefree package: pip install "
+            f"'coolmomentum[experiments]'"
+        ) from None
+    if spec.optimizer == "sgd-schedulefree":
+        return schedulefree.SGDScheduleFree(
+            groups,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay,
+            warmup_steps=spec.lr_warmup_steps,
+        )
+    return schedulefree.AdamWScheduleFree(
+        groups, lr=spec.lr, weight_decay=spec.weight_decay, warmup_steps=spec.lr_warmup_steps
+    )
 
 
 def _coolmomentum(
