@@ -308,7 +308,7 @@ def planned_runs(plan: Plan, results: Results) -> list[Run]:
     runs += variant_runs(plan, choices)
     verdict = variant_verdict(plan, results, choices)
     if verdict is None:
-        return runs  # the final runs wait for every choice and the variant's verdict
+        return _unique(runs)  # the final runs wait for every choice and the variant's verdict
     for workload in plan.workloads:
         rows = final_rows(plan, choices[workload.name], verdict, workload)
         for label, spec in rows.items():
@@ -321,7 +321,12 @@ def planned_runs(plan: Plan, results: Results) -> list[Run]:
                     for seed in plan.seeds:
                         runs.append(Run(workload.name, label, sized, seed, "test", epochs,
                                         "budget"))  # fmt: skip
-    return runs
+    return _unique(runs)
+
+
+def _unique(runs: list[Run]) -> list[Run]:
+    """``runs`` without repeats (the tuned setting's run serves tuning and the variant test)."""
+    return list({run.id: run for run in runs}.values())
 
 
 def _for_length(
