@@ -50,7 +50,15 @@ WEIGHT_DECAY_PARAMS = ("all", "conv", "no-batchnorm")
 AUGMENTATIONS = ("none", "shift-flip", "crop-flip")
 NORMALIZATIONS = ("channel", "pixel-mean")
 # Settings that may differ between a run and its resumption: where things are, not what.
-NOT_IDENTITY = ("data_dir", "device", "out", "workers")
+NOT_IDENTITY = (
+    "data_dir",
+    "device",
+    "out",
+    "workers",
+    "checkpoint_every",
+    "checkpoint_every_minutes",
+)
+NONFINITE = ("stop", "skip")
 
 
 class ConfigError(UsageError, ValueError):
@@ -261,6 +269,18 @@ class RunConfig:
     eval_every_steps: int | None = setting(
         None, "evaluate every N global steps and at the end (default: every epoch)"
     )
+    checkpoint_every: int | None = setting(
+        None, "also write a checkpoint every N global steps (mid-epoch; resumes bit for bit)"
+    )
+    checkpoint_every_minutes: float | None = setting(
+        None, "also write a checkpoint every M minutes (decided on rank 0 under torchrun)"
+    )
+    on_nonfinite: str = setting(
+        "stop",
+        "a training loss that is not finite: stop the run with an error (the last checkpoint "
+        "is kept), or skip the step (it does not advance the cooling schedule)",
+        choices=NONFINITE,
+    )
     compile: bool = setting(False, "torch.compile the model")
     max_steps: int | None = setting(None, "stop after this many optimizer steps (if first)")
     ema_decay: float | None = setting(
@@ -279,7 +299,14 @@ class RunConfig:
         )
         for name in ("epochs", "batch_size", "image_size", "eval_batch_size", "sample_every_steps"):
             _positive_int(name, getattr(self, name))
-        for name in ("max_steps", "eval_every_steps", "train_subset", "test_subset", "validation"):
+        for name in (
+            "max_steps",
+            "eval_every_steps",
+            "train_subset",
+            "test_subset",
+            "validation",
+            "checkpoint_every",
+        ):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         _check(
@@ -289,6 +316,10 @@ class RunConfig:
         _check(
             self.ema_decay is None or 0 < self.ema_decay < 1,
             f"ema_decay must be in (0, 1), e.g. 0.9999, got {self.ema_decay}",
+        )
+        _check(
+            self.checkpoint_every_minutes is None or self.checkpoint_every_minutes > 0,
+            f"checkpoint_every_minutes must be > 0, got {self.checkpoint_every_minutes}",
         )
         _check(
             0 <= self.label_smoothing < 1,
