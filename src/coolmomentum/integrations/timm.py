@@ -1,0 +1,45 @@
+"""CoolMomentum in timm's optimizer factory: importing this module registers it.
+
+After ``import coolmomentum.integrations.timm``::
+
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt="coolmomentum", lr=0.01, weight_decay=5e-4,
+        rho_0=0.99, total_steps=epochs * updates_per_epoch)
+
+builds :class:`coolmomentum.torch.CoolMomentum` with timm's param groups (no weight decay
+for biases and normalization weights, layer-wise LR decay with ``layer_decay=``), and
+timm's ``train.py`` takes it with ``--device-modules coolmomentum.integrations.timm --opt
+coolmomentum --opt-kwargs rho_0=0.99 total_steps=N --sched none`` (``--device-modules``
+imports the named modules before the optimizer is built). timm's ``momentum``, ``eps`` and
+``betas`` options do not apply: ``rho_0`` is CoolMomentum's own argument.
+
+Needs timm 1.0.12 or newer, the first with an optimizer registry.
+"""
+
+from __future__ import annotations
+
+try:
+    from timm.optim import OptimInfo
+    from timm.optim._optim_factory import default_registry
+except ImportError as e:
+    raise ImportError(
+        "coolmomentum.integrations.timm needs timm >= 1.0.12 (the first with an optimizer "
+        "registry): pip install 'coolmomentum[timm]'"
+    ) from e
+
+from ..torch import CoolMomentum
+
+__all__ = ["NAME"]
+
+NAME = "coolmomentum"
+
+default_registry.register(
+    OptimInfo(
+        name=NAME,
+        opt_class=CoolMomentum,
+        description="CoolMomentum: momentum SGD from Langevin dynamics, rho annealed to 0",
+        has_eps=False,
+        has_momentum=False,
+        has_betas=False,
+    )
+)
