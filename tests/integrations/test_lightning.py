@@ -32,15 +32,27 @@ def logged(path: Path, column: str) -> dict[int, float]:
         return {int(row["step"]): float(row[column]) for row in csv.DictReader(f) if row[column]}
 
 
-def test_learning_rate_monitor_logs_the_cooled_momentum_of_sgd(tmp_path):
+# What LearningRateMonitor reads before step k: SGD's momentum set by MomentumCooling for step
+# k; CoolMomentum's read-only mirror of the latest step's rho (rho_0 before the first).
+MONITORED = {
+    "coolmomentum": ("lr-CoolMomentum-momentum", lambda k: rho(max(k - 1, 0))),
+    "sgd-cooled": ("lr-SGD-momentum", rho),
+}
+
+
+@pytest.mark.filterwarnings("error:You have set log_momentum=True")  # "... logs 0"
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_learning_rate_monitor_logs_the_cooling(tmp_path, optimizer):
     logger = CSVLogger(tmp_path)
     monitor = LearningRateMonitor(logging_interval="step", log_momentum=True)
     run = cases.trainer(logger=logger, log_every_n_steps=1, callbacks=[monitor])
-    run.fit(cases.Regression("sgd-cooled"))
-    momentum = logged(Path(logger.log_dir) / "metrics.csv", "lr-SGD-momentum")
-    assert sorted(momentum) == list(range(cases.STEPS))  # logged before every step ...
-    for k, value in momentum.items():  # ... with the momentum that step uses
-        assert value == pytest.approx(rho(k), abs=1e-12)
+    run.fit(cases.Regression(optimizer))
+    column, expected = MONITORED[optimizer]
+    momentum = logged(Path(logger.log_dir) / "metrics.csv", column)
+    assert sorted(momentum) == list(range(cases.STEPS))  # logged before every step
+    for k, value in momentum.items():
+        assert value == pytest.approx(expected(k), abs=1e-12)
+    assert momentum[cases.STEPS - 1] < 0.2  # cooled from 0.9
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
