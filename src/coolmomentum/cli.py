@@ -31,7 +31,7 @@ def check_experiments_extra() -> None:
     if missing:
         raise UsageError(
             f"the coolmomentum command needs the [experiments] extra ({', '.join(missing)} "
-            f"missing): pip install 'coolmomentum[experiments]'"
+            f'missing): pip install "coolmomentum[experiments]"'
         )
 
 

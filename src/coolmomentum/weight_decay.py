@@ -36,10 +36,19 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """``model``'s trainable parameters in two param groups: decayed and not.
 
+    Pass them to any optimizer in place of ``model.parameters()``::
+
+        opt = CoolMomentum(param_groups(model, weight_decay=5e-4), lr=0.01, total_steps=S)
+
+    Other rules are one function away, e.g. decaying convolution kernels only::
+
+        param_groups(model, 1e-4, no_decay=lambda m, name, p: not (
+            isinstance(m, torch.nn.Conv2d) and name == "weight"))
+
     Args:
         model: the module whose parameters are grouped; parameters with
             ``requires_grad=False`` are left out, and a parameter shared by several modules
-            is listed once (where :meth:`torch.nn.Module.named_modules` meets it first).
+            is listed once (where :meth:`torch.nn.Module.modules` meets it first).
         weight_decay: the decay of the first group; the second group gets ``0.0``.
         no_decay: ``no_decay(module, name, param)`` is true for the parameters to exempt;
             ``name`` is the parameter's name in ``module`` (``"weight"``, ``"bias"``).
@@ -47,15 +56,7 @@ def param_groups(
 
     Returns:
         ``[{"params": [...], "weight_decay": weight_decay}, {"params": [...],
-        "weight_decay": 0.0}]``, without a group that would be empty. Pass it to any
-        optimizer in place of ``model.parameters()``::
-
-            opt = CoolMomentum(param_groups(model, weight_decay=5e-4), lr=0.01, total_steps=S)
-
-    Other rules are one function away, e.g. decaying convolution kernels only::
-
-        param_groups(model, 1e-4, no_decay=lambda m, name, p: not (
-            isinstance(m, torch.nn.Conv2d) and name == "weight"))
+        "weight_decay": 0.0}]``, without a group that would be empty.
     """
     check_number("weight_decay", weight_decay)
     if not callable(no_decay):

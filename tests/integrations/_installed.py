@@ -16,7 +16,7 @@ import pytest
 def require(module: str, extra: str) -> ModuleType:
     if importlib.util.find_spec(module) is None:
         pytest.skip(
-            f"{module} is not installed (pip install 'coolmomentum[{extra}]')",
+            f'{module} is not installed (pip install "coolmomentum[{extra}]")',
             allow_module_level=True,
         )
     return importlib.import_module(module)

@@ -40,7 +40,7 @@ def test_cli_without_the_experiments_extra_names_it(monkeypatch, capsys, absent)
     err = capsys.readouterr().err
     assert err == (
         f"coolmomentum: error: the coolmomentum command needs the [experiments] extra "
-        f"({absent} missing): pip install 'coolmomentum[experiments]'\n"
+        f'({absent} missing): pip install "coolmomentum[experiments]"\n'
     )
 
 

@@ -8,7 +8,11 @@ import pytest
 import torch
 from _installed import require
 
-timm = require("timm", "timm")
+require("timm", "timm")
+
+import timm.optim  # noqa: E402
+import timm.scheduler  # noqa: E402
+import timm.utils  # noqa: E402
 
 import coolmomentum.integrations.timm  # noqa: E402, F401  (registers "coolmomentum")
 from coolmomentum import CoolMomentum, param_groups  # noqa: E402
@@ -56,15 +60,21 @@ def test_factory_builds_coolmomentum_with_timms_weight_decay_groups():
 
 def test_train_py_arguments():
     """train.py calls create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
-    after importing every --device-modules entry; timm's momentum default must not leak in."""
+    after importing every --device-modules entry, and then create_scheduler_v2; timm's
+    momentum default must not leak in, and the recipe's schedule keeps the LR constant."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--opt", default="sgd")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--weight-decay", type=float, default=2e-5)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--opt-kwargs", nargs="*", default={}, action=timm.utils.ParseKwargs)
+    parser.add_argument("--sched", default="cosine")
+    parser.add_argument("--decay-rate", type=float, default=0.1)
+    parser.add_argument("--warmup-epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=300)
     args = parser.parse_args(
-        "--opt coolmomentum --lr 0.05 --opt-kwargs rho_0=0.99 total_steps=500".split()
+        "--opt coolmomentum --lr 0.05 --opt-kwargs rho_0=0.99 total_steps=500 "
+        "--sched step --decay-rate 1 --warmup-epochs 0 --epochs 5".split()
     )
     opt = timm.optim.create_optimizer_v2(
         tiny_model(), **timm.optim.optimizer_kwargs(cfg=args), **args.opt_kwargs
@@ -72,6 +82,10 @@ def test_train_py_arguments():
     assert isinstance(opt, CoolMomentum)
     settings = {(g["lr"], g["rho_0"], g["total_steps"]) for g in opt.param_groups}
     assert settings == {(0.05, 0.99, 500)}
+    sched, _ = timm.scheduler.create_scheduler_v2(opt, **timm.scheduler.scheduler_kwargs(args))
+    for epoch in range(1, args.epochs + 1):
+        sched.step(epoch)
+        assert {g["lr"] for g in opt.param_groups} == {0.05}
 
 
 def test_registration_happens_on_import_in_a_fresh_process():

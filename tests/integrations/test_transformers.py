@@ -16,7 +16,7 @@ from _reference import reference_rho
 
 transformers = require("transformers", "transformers")
 
-from coolmomentum import CoolMomentum  # noqa: E402
+from coolmomentum import CoolMomentum, MomentumCooling  # noqa: E402
 
 SAMPLES, BATCH, STEPS, LR, RHO_0 = 32, 4, 12, 0.01, 0.9
 
@@ -51,16 +51,28 @@ class Tokens(torch.utils.data.Dataset):
 
 
 class Record(transformers.TrainerCallback):
-    """The lr and rho of every optimizer step, read where the Trainer keeps them."""
+    """The lr after every optimizer step, and the momentum (or first beta) before and after it.
+
+    Before step k, MomentumCooling has set the momentum step k uses; after it, CoolMomentum's
+    ``momentum`` mirrors the rho step k used.
+    """
 
     def __init__(self) -> None:
         self.lr: list[float] = []
-        self.rho: list[float] = []
+        self.before: list[float] = []
+        self.after: list[float] = []
+
+    @staticmethod
+    def momentum(optimizer) -> float:  # type: ignore[no-untyped-def]
+        group = optimizer.param_groups[0]
+        return group["betas"][0] if "betas" in group else group["momentum"]
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):  # type: ignore[no-untyped-def]
+        self.before.append(self.momentum(optimizer))
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):  # type: ignore[no-untyped-def]
-        group = optimizer.param_groups[0]
-        self.lr.append(group["lr"])
-        self.rho.append(group["momentum"])  # the rho of the step just taken
+        self.lr.append(optimizer.param_groups[0]["lr"])
+        self.after.append(self.momentum(optimizer))
 
 
 def arguments(out, **kwargs) -> transformers.TrainingArguments:  # type: ignore[no-untyped-def]
@@ -104,7 +116,7 @@ def test_rho_cools_and_lr_stays_constant(tmp_path, way):
     run.train()
     assert record.lr == [LR] * STEPS
     expected = [reference_rho(k, "exponential", RHO_0, STEPS) for k in range(STEPS)]
-    assert record.rho == pytest.approx(expected, abs=1e-12)
+    assert record.after == pytest.approx(expected, abs=1e-12)
     assert run.optimizer.optimizer.stats()[0]["step"] == STEPS  # inside accelerate's wrapper
 
 
@@ -117,6 +129,17 @@ def test_resume_from_a_trainer_checkpoint_continues_the_schedule(tmp_path):
     run = trainer(resumed, args, record, optimizer_cls_and_kwargs=(CoolMomentum, COOLMOMENTUM))
     run.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{STEPS // 2}"))
     expected = [reference_rho(k, "exponential", RHO_0, STEPS) for k in range(STEPS // 2, STEPS)]
-    assert record.rho == pytest.approx(expected, abs=1e-12)  # not restarted from rho_0
+    assert record.after == pytest.approx(expected, abs=1e-12)  # not restarted from rho_0
     for name, value in resumed.state_dict().items():
         torch.testing.assert_close(value, whole.state_dict()[name], rtol=0, atol=0)
+
+
+def test_momentum_cooling_drives_adamws_first_beta(tmp_path):
+    """Demon AdamW: the Trainer steps MomentumCooling as its scheduler; the lr stays."""
+    model, record = tiny_bert(), Record()
+    adamw = torch.optim.AdamW(model.parameters(), lr=LR, betas=(RHO_0, 0.999))
+    cooling = MomentumCooling(adamw, total_steps=STEPS, schedule="linear-temperature")
+    trainer(model, arguments(tmp_path), record, optimizers=(adamw, cooling)).train()
+    assert record.lr == [LR] * STEPS
+    expected = [reference_rho(k, "linear-temperature", RHO_0, STEPS) for k in range(STEPS)]
+    assert record.before == pytest.approx(expected, abs=1e-12)

@@ -7,11 +7,12 @@ After ``import coolmomentum.integrations.timm``::
         rho_0=0.99, total_steps=epochs * updates_per_epoch)
 
 builds :class:`coolmomentum.torch.CoolMomentum` with timm's param groups (no weight decay
-for biases and normalization weights, layer-wise LR decay with ``layer_decay=``), and
-timm's ``train.py`` takes it with ``--device-modules coolmomentum.integrations.timm --opt
-coolmomentum --opt-kwargs rho_0=0.99 total_steps=N --sched none`` (``--device-modules``
-imports the named modules before the optimizer is built). timm's ``momentum``, ``eps`` and
-``betas`` options do not apply: ``rho_0`` is CoolMomentum's own argument.
+for biases and normalization weights, layer-wise LR decay with ``layer_decay=``). timm's
+``train.py`` takes it with ``--device-modules coolmomentum.integrations.timm`` (which
+imports this module before the optimizer is built) and ``--opt coolmomentum --opt-kwargs
+rho_0=0.99 total_steps=N --sched step --decay-rate 1 --warmup-epochs 0`` (a constant LR:
+the cooling replaces the LR decay). timm's ``momentum``, ``eps`` and ``betas`` options do
+not apply: ``rho_0`` is CoolMomentum's own argument.
 
 Needs timm 1.0.12 or newer, the first with an optimizer registry.
 """
@@ -24,7 +25,7 @@ try:
 except ImportError as e:
     raise ImportError(
         "coolmomentum.integrations.timm needs timm >= 1.0.12 (the first with an optimizer "
-        "registry): pip install 'coolmomentum[timm]'"
+        'registry): pip install "coolmomentum[timm]"'
     ) from e
 
 from ..torch import CoolMomentum
