@@ -91,16 +91,17 @@ class MomentumCooling(LRScheduler):
                 )
             self.schedules = [schedule for _ in optimizer.param_groups]
         else:
-            self.schedules = [
-                Schedule.create(
-                    self._momentum(group) if rho_0 is None else rho_0,
-                    total_steps,
-                    alpha,
-                    schedule,
-                    hot_steps,
+            self.schedules = []
+            for i, group in enumerate(optimizer.param_groups):
+                start = self._momentum(group) if rho_0 is None else rho_0
+                if rho_0 is None and start == 0.0 and not callable(schedule):
+                    raise ValueError(
+                        f"param group {i} has {self.momentum_key} 0, so there is nothing to "
+                        f"cool: build {type(optimizer).__name__} with a momentum, or pass rho_0"
+                    )
+                self.schedules.append(
+                    Schedule.create(start, total_steps, alpha, schedule, hot_steps)
                 )
-                for group in optimizer.param_groups
-            ]
         super().__init__(optimizer, last_epoch)
 
     def _momentum(self, group: dict[str, Any]) -> float:

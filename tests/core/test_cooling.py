@@ -183,5 +183,7 @@ def test_clear_errors():
             total_steps=S,
             schedule=Schedule.create(total_steps=S),
         )
+    with pytest.raises(ValueError, match="param group 0 has momentum 0, so there is nothing"):
+        MomentumCooling(torch.optim.SGD([w], lr=0.1), total_steps=S)
     with pytest.raises(ValueError, match="rho_0 must be"):
         MomentumCooling(torch.optim.SGD([w], lr=0.1, momentum=0.9), S, rho_0=1.0)
