@@ -6,6 +6,7 @@ optimizer step there; these tests guard the declarations that install rests on.
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -50,3 +51,10 @@ def test_help_needs_no_extra(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--help"])
     assert exit_.value.code == 0 and "anneal" in capsys.readouterr().out
+
+
+def test_timm_glue_without_timm_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    monkeypatch.delitem(sys.modules, "coolmomentum.integrations.timm", raising=False)
+    with pytest.raises(ImportError, match=r'needs timm: pip install "coolmomentum\[timm\]"'):
+        importlib.import_module("coolmomentum.integrations.timm")

@@ -20,13 +20,21 @@ Needs timm 1.0.12 or newer, the first with an optimizer registry.
 from __future__ import annotations
 
 try:
-    from timm.optim import OptimInfo
-    from timm.optim._optim_factory import default_registry
-except ImportError as e:
+    import timm.optim
+except ModuleNotFoundError as e:
+    if e.name != "timm":  # timm is there but one of its own imports failed
+        raise
     raise ImportError(
-        "coolmomentum.integrations.timm needs timm >= 1.0.12 (the first with an optimizer "
-        'registry): pip install "coolmomentum[timm]"'
+        'coolmomentum.integrations.timm needs timm: pip install "coolmomentum[timm]"'
     ) from e
+if not hasattr(timm.optim, "OptimInfo"):
+    raise ImportError(
+        f"coolmomentum.integrations.timm needs timm >= 1.0.12, the first with an optimizer "
+        f"registry; this is timm {timm.__version__}: pip install -U timm"
+    )
+
+from timm.optim import OptimInfo
+from timm.optim._optim_factory import default_registry
 
 from ..torch import CoolMomentum
 
