@@ -24,14 +24,14 @@ def quadratic(seed=0, n=5):
     return m @ m.T / n + np.eye(n), rng.normal(size=n), rng.normal(size=n)
 
 
-def sgd_reference(mu, steps, lr=LR, dampening=0.0):
+def sgd_reference(mu, steps):
     """``torch.optim.SGD``'s documented rule in float64: b_0 = g_0, b_k = mu_k b_{k-1} + g_k."""
     a, b, x = quadratic()
     buf = None
     for k in range(steps):
         g = a @ x + b
-        buf = g.copy() if buf is None else mu(k) * buf + (1 - dampening) * g
-        x = x - lr * buf
+        buf = g.copy() if buf is None else mu(k) * buf + g
+        x = x - LR * buf
     return x
 
 
