@@ -68,6 +68,15 @@ class CoolMomentum(Optimizer):
             device; by default one per device, seeded from ``torch.initial_seed()``. The
             generators' states are saved by ``state_dict()``.
 
+    After every step each param group holds ``momentum``, the ``rho`` of that step
+    (``rho_0`` before the first; a 0-d tensor with ``capturable=True`` or under
+    ``torch.compile``), where tools made for ``torch.optim.SGD`` look for it, e.g. Lightning's
+    ``LearningRateMonitor(log_momentum=True)``. It is a read-only mirror: writing it does not
+    steer the schedule, and the next step overwrites it. A scheduler that cycles the momentum,
+    such as ``OneCycleLR`` or ``CyclicLR`` with their default ``cycle_momentum=True``, has no
+    effect on CoolMomentum (``rho`` follows the cooling schedule); pass
+    ``cycle_momentum=False``.
+
     The step count, the schedule position and the temperature window are saved by
     ``state_dict()``; a run resumed from it continues exactly, and the saved dict loads with
     ``torch.load(..., weights_only=True)``. The schedule counts calls to ``step()``, including
@@ -107,6 +116,10 @@ class CoolMomentum(Optimizer):
             capturable=capturable,
             track_temperature=track_temperature,
             noise_std=noise_std,
+            # A read-only mirror of rho for tools that look for SGD's key (e.g. Lightning's
+            # LearningRateMonitor(log_momentum=True) checks that the defaults name it); each
+            # group holds its own value, set in add_param_group and after every step.
+            momentum=None,
         )
         self._generators: dict[str, torch.Generator] = {}
         if generator is not None:
@@ -120,11 +133,13 @@ class CoolMomentum(Optimizer):
         if "total_steps" in param_group and "alpha" not in param_group:
             param_group["alpha"] = None
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
         try:
-            self._check_group(self.param_groups[-1])
+            self._check_group(group)
         except ValueError:
             self.param_groups.pop()
             raise
+        group["momentum"] = self._latest_rho(group)
 
     @staticmethod
     def _check_group(group: dict[str, Any]) -> None:
@@ -189,6 +204,13 @@ class CoolMomentum(Optimizer):
             if group["schedule"] is None:
                 group["schedule"] = mine
             self._init_group_state(group)
+            group["momentum"] = self._latest_rho(group)
+
+    @staticmethod
+    def _latest_rho(group: dict[str, Any]) -> float:
+        """The ``rho`` of the group's latest step (``rho_0`` before the first), as a float."""
+        step = int(group["step"].item()) if "step" in group else 0
+        return float(_schedule(group)(max(step - 1, 0)))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -260,6 +282,7 @@ class CoolMomentum(Optimizer):
                 acc.add_(sq_norm.to(device=acc.device, dtype=acc.dtype))
                 group["temperature_count"].add_(sum(t.numel() for t in _as_real(params)))
             step.add_(1)
+            group["momentum"] = rho
         return loss
 
     @staticmethod
@@ -303,7 +326,7 @@ class CoolMomentum(Optimizer):
             if "step" not in group:
                 self._init_group_state(group)
             step = int(group["step"].item())
-            rho = _schedule(group)(max(step - 1, 0))
+            rho = self._latest_rho(group)
             window = step - int(group["temperature_start"].item())
             total_t = group["temperature_sum"]
             sums = torch.cat([total_t, group["temperature_count"].to(total_t.dtype).reshape(1)])
@@ -322,7 +345,7 @@ class CoolMomentum(Optimizer):
             out.append(
                 {
                     "step": step,
-                    "rho": float(rho),
+                    "rho": rho,
                     "lr": float(lr),
                     "temperature": temperature,
                     "temperature_steps": window,

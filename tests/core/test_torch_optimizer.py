@@ -506,6 +506,73 @@ def test_compiled_step_does_not_recompile_as_rho_changes(backend):
         train(10)  # rho changes every step, then stays 0
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p, q)
+    # Under compilation the mirror is the step's rho as a 0-d tensor.
+    assert float(opt.param_groups[0]["momentum"]) == ref_opt.param_groups[0]["momentum"] == 0.0
     compiled_stats, eager_stats = opt.stats()[0], ref_opt.stats()[0]
     assert compiled_stats["step"] == eager_stats["step"] == 12
     assert compiled_stats["temperature"] == pytest.approx(eager_stats["temperature"], rel=1e-6)
+
+
+def test_momentum_mirrors_the_rho_of_every_step_in_each_group():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = CoolMomentum(
+        [{"params": [a]}, {"params": [b], "schedule": "linear-temperature", "rho_0": 0.5}],
+        lr=0.1,
+        total_steps=6,
+    )
+    assert "momentum" in opt.defaults  # where Lightning's LearningRateMonitor looks
+    assert [g["momentum"] for g in opt.param_groups] == [0.99, 0.5]  # rho_0 before a step
+    for k in range(9):
+        a.grad, b.grad = torch.ones(2), torch.ones(2)
+        opt.step()
+        assert opt.param_groups[0]["momentum"] == pytest.approx(
+            reference_rho(k, "exponential", 0.99, 6), abs=1e-15
+        )
+        assert opt.param_groups[1]["momentum"] == pytest.approx(
+            reference_rho(k, "linear-temperature", 0.5, 6), abs=1e-15
+        )
+        assert [g["momentum"] for g in opt.param_groups] == [s["rho"] for s in opt.stats()]
+
+
+def test_writing_momentum_does_not_steer_the_schedule():
+    steered, plain = make_net(), make_net()
+    opt = CoolMomentum(steered.parameters(), lr=0.05, total_steps=10)
+    ref = CoolMomentum(plain.parameters(), lr=0.05, total_steps=10)
+    for k in range(6):
+        opt.param_groups[0]["momentum"] = 0.1 * k
+        train_steps(steered, opt, 1, seed=k)
+        train_steps(plain, ref, 1, seed=k)
+        assert opt.param_groups[0]["momentum"] == ref.param_groups[0]["momentum"]
+    for p, q in zip(steered.parameters(), plain.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_one_cycle_lr_cycling_the_momentum_changes_nothing_but_the_mirror():
+    runs = []
+    for cycle_momentum in (True, False):
+        model = make_net()
+        opt = CoolMomentum(model.parameters(), lr=0.05, total_steps=10)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=0.1, total_steps=8, cycle_momentum=cycle_momentum
+        )
+        for k in range(8):
+            train_steps(model, opt, 1, seed=k)
+            sched.step()
+        runs.append(list(model.parameters()))
+    for p, q in zip(*runs):
+        assert torch.equal(p, q)
+
+
+def test_momentum_round_trips_through_a_weights_only_state_dict():
+    model = make_net()
+    opt = CoolMomentum(model.parameters(), lr=0.05, total_steps=10, hot_steps=2)
+    train_steps(model, opt, 5)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    assert saved["param_groups"][0]["momentum"] == reference_rho(4, "exponential", 0.99, 10, 2)
+    again = CoolMomentum(make_net().parameters(), lr=0.05, total_steps=10, hot_steps=2)
+    assert again.param_groups[0]["momentum"] == 0.99
+    again.load_state_dict(saved)
+    assert again.param_groups[0]["momentum"] == opt.param_groups[0]["momentum"]
