@@ -331,6 +331,10 @@ def test_skipped_non_finite_steps_do_not_advance_the_cooling(data_dir, tmp_path,
     _poisoned(monkeypatch, {3, 4})
     metrics = loop.train(config, config.runs[0], tmp_path / "run", data, log=lambda _: None)
     assert [m["skipped_steps"] for m in metrics] == [2, 0]
+    from coolmomentum.experiments.report import table
+
+    assert table({"run": metrics})[0].endswith(" skipped steps (non-finite loss) |")
+    assert table({"run": metrics})[2].endswith(" 2 |")
     state = torch.load(tmp_path / "run" / checkpoint.CHECKPOINT, weights_only=True)
     assert state["step"] == 32 and int(state["optimizer"]["param_groups"][0]["step"]) == 30
 

@@ -50,6 +50,9 @@ def table(runs: Runs) -> list[str]:
         for key, header in optional
         if any(m and m[-1].get(key) is not None for m in runs.values())
     ]
+    skipped = {label: sum(m.get("skipped_steps", 0) for m in ms) for label, ms in runs.items()}
+    if any(skipped.values()):
+        extra.append(("skipped", "skipped steps (non-finite loss)"))
     header = (
         f"| run | epochs | final {name} acc | best {name} acc (epoch) | final train loss "
         f"| final {name} loss | s/evaluation |" + "".join(f" {h} |" for _, h in extra)
@@ -59,11 +62,9 @@ def table(runs: Runs) -> list[str]:
         if not metrics:
             lines.append(f"| {label} | 0 |" + " - |" * (5 + len(extra)))
             continue
-        last = metrics[-1]
+        last = {**metrics[-1], "skipped": skipped[label]}
         best = max(metrics, key=lambda m: m[f"{name}_acc"])
-        cells = "".join(
-            f" {last[key]:.4f} |" if last.get(key) is not None else " - |" for key, _ in extra
-        )
+        cells = "".join(f" {_cell(last.get(key))} |" for key, _ in extra)
         lines.append(
             f"| {label} | {last['epoch']} | {last[f'{name}_acc']:.4f} "
             f"| {best[f'{name}_acc']:.4f} ({best['epoch']}) | {last['train_loss']:.4f} "
@@ -71,6 +72,12 @@ def table(runs: Runs) -> list[str]:
             f"| {statistics.median(m['seconds'] for m in metrics):.1f} |{cells}"
         )
     return lines
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _points(metrics: list[dict[str, Any]], key: str, sampled: bool) -> list[tuple[float, Any]]:
