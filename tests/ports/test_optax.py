@@ -138,7 +138,7 @@ def test_mixed_dtype_pytree():
     assert inner.rho.dtype == jnp.float32
     for name, p in params.items():
         assert updates[name].dtype == p.dtype
-        assert inner.velocity[name].dtype == p.dtype
+        assert inner.momentum[name].dtype == p.dtype
         step = np.float32(-LR * (1 + RHO_0) / 2 * 0.5)
         np.testing.assert_array_equal(updates[name], jnp.full_like(p, step))
 
@@ -243,7 +243,14 @@ def test_stats_report_step_rho_and_temperature(x64):
     tx = coolmomentum(LR, RHO_0, TOTAL_STEPS, schedule="linear-temperature", hot_steps=HOT_STEPS)
     params = jnp.asarray(X0)
     fresh = read_stats(tx.init(params))
-    assert fresh == {"step": 0, "rho": RHO_0, "temperature": None, "temperature_steps": 0}
+    assert fresh == {
+        "step": 0,
+        "rho": RHO_0,
+        "temperature": None,
+        "temperature_sum": 0.0,
+        "temperature_count": 0,
+        "temperature_steps": 0,
+    }
 
     _, params, state = run(tx, num_steps=10)
     stats = read_stats(state)
