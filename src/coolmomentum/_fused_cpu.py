@@ -133,23 +133,25 @@ def build_error() -> str:
     return _load()[1]
 
 
-def dense_alike(*tensors: Tensor) -> bool:
-    """Whether the tensors share one dense memory layout (contiguous, or channels-last), so
+def dense_alike(param: Tensor, grad: Tensor, buf: Tensor) -> bool:
+    """Whether the three share one dense memory layout (contiguous, or channels-last), so
     that an elementwise kernel may walk their memory linearly."""
-    first = tensors[0]
-    if any(t.stride() != first.stride() for t in tensors[1:]):
-        return False
-    return first.is_contiguous() or (
-        first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last)
+    if param.is_contiguous() and grad.is_contiguous() and buf.is_contiguous():
+        return True
+    return (
+        param.stride() == grad.stride() == buf.stride()
+        and param.dim() == 4
+        and param.is_contiguous(memory_format=torch.channels_last)
     )
 
 
 def eligible(param: Tensor, grad: Tensor, buf: Tensor) -> bool:
     """Whether the kernel can update ``param``: CPU, float32 or float64, one dense layout."""
     return (
-        param.device.type == "cpu"
+        param.is_cpu
         and param.dtype in DTYPES
-        and grad.dtype == buf.dtype == param.dtype
+        and grad.dtype == param.dtype
+        and buf.dtype == param.dtype
         and dense_alike(param, grad, buf)
     )
 
@@ -160,15 +162,15 @@ def step(
     bufs: list[Tensor],
     *,
     rho: float,
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
     track_temperature: bool,
-) -> float:
-    """One fused step over tensors of one dtype that are all :func:`eligible`; ``sum(b**2)``.
+) -> Tensor | None:
+    """One fused step over tensors of one dtype that are all :func:`eligible`.
 
-    The sum is 0 when ``track_temperature`` is off.
+    Returns ``sum(b**2)`` as a float64 0-d tensor when ``track_temperature`` is on.
     """
     lib = library()
     if lib is None:
@@ -184,7 +186,7 @@ def step(
         (ctypes.c_int64 * n)(*[t.numel() for t in params]),
         rho,
         (1.0 + rho) / 2.0,
-        lr,
+        float(lr),  # a Python float: the caller sends tensor learning rates elsewhere
         weight_decay,
         int(decoupled_weight_decay),
         int(maximize),
@@ -193,4 +195,4 @@ def step(
     )
     if total < 0:
         raise MemoryError("the fused CPU kernel could not allocate its chunk table")
-    return float(total)
+    return torch.tensor(total, dtype=torch.float64) if track_temperature else None

@@ -40,6 +40,8 @@ _SCHEDULE_KEYS = ("rho_0", "total_steps", "alpha", "schedule", "hot_steps")
 # the schedule position and the temperature window.
 _GROUP_STATE = ("step", "temperature_start", "temperature_sum", "temperature_count")
 _STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Parameters of these exact types need neither a DTensor's local view (checked per step).
+_PLAIN_TENSORS = frozenset({Tensor, torch.nn.Parameter})
 
 UpdateFn = Callable[..., "Tensor | None"]
 
@@ -338,22 +340,27 @@ class CoolMomentum(Optimizer):
         grads: list[Tensor] = []
         bufs: list[Tensor] = []
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError(
                     "CoolMomentum does not support sparse gradients; use a dense "
                     "embedding (sparse=False) or torch.optim.SparseAdam for it"
                 )
             state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = torch.zeros_like(
                     p, dtype=_buffer_dtype(p, group), memory_format=torch.preserve_format
                 )
-            # DTensor (FSDP2, tensor parallel) shards are updated in place, locally.
-            params.append(_as_real(_local(p)))
-            grads.append(_as_real(_local(p.grad)))
-            bufs.append(_as_real(_local(state["momentum_buffer"])))
+            if type(p) not in _PLAIN_TENSORS or p.is_complex():
+                # DTensor (FSDP2, tensor parallel) shards are updated in place, locally;
+                # complex tensors as pairs of reals.
+                p, grad, buf = (_as_real(_local(t)) for t in (p, grad, buf))
+            params.append(p)
+            grads.append(grad)
+            bufs.append(buf)
         return params, grads, bufs
 
     def _coefficients(self, group: dict[str, Any], step: Tensor) -> tuple[Any, Any]:
@@ -594,24 +601,28 @@ def _fused_update(
     parameters' dtype, one memory layout for parameter, gradient and buffer, and ``rho > 0``
     (see :func:`_fused_sgd_update`).
     """
-    native = (
-        not isinstance(lr, Tensor)
-        and any(p.device.type == "cpu" for p in params)
-        and _fused_cpu.library() is not None
-    )
-    routes: list[UpdateFn] = []
+    native = not isinstance(lr, Tensor) and _fused_cpu.library() is not None
+    # Each tensor's route: a dtype for the C kernel, else the update function to run.
+    routes: dict[Any, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
     for p, g, b in zip(params, grads, bufs, strict=True):
+        route: Any
         if native and _fused_cpu.eligible(p, g, b):
-            routes.append(_native_update)
+            route = p.dtype
         elif rho != 0 and b.dtype == p.dtype and _fused_cpu.dense_alike(p, g, b):
-            routes.append(_fused_sgd_update)
+            route = _fused_sgd_update
         else:
-            routes.append(_foreach_update)
+            route = _foreach_update
+        lists = routes.get(route)
+        if lists is None:
+            lists = routes[route] = ([], [], [])
+        lists[0].append(p)
+        lists[1].append(g)
+        lists[2].append(b)
     sq_sums = []
-    for update in dict.fromkeys(routes):
-        picked = [r is update for r in routes]
-        sq = update(
-            *_pick((params, grads, bufs), picked),
+    for route, lists in routes.items():
+        kernel = _fused_cpu.step if isinstance(route, torch.dtype) else route
+        sq = kernel(
+            *lists,
             rho=rho,
             lr=lr,
             weight_decay=weight_decay,
@@ -622,35 +633,6 @@ def _fused_update(
         if sq is not None:
             sq_sums.append(sq)
     return _total(sq_sums) if track_temperature and sq_sums else None
-
-
-def _native_update(
-    params: list[Tensor],
-    grads: list[Tensor],
-    bufs: list[Tensor],
-    *,
-    rho: float,
-    lr: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    track_temperature: bool,
-) -> Tensor | None:
-    """The C kernel of :mod:`coolmomentum._fused_cpu`, once per dtype."""
-    total = 0.0
-    for dtype in _fused_cpu.DTYPES:
-        picked = [p.dtype == dtype for p in params]
-        if any(picked):
-            total += _fused_cpu.step(
-                *_pick((params, grads, bufs), picked),
-                rho=rho,
-                lr=lr,
-                weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                maximize=maximize,
-                track_temperature=track_temperature,
-            )
-    return torch.tensor(total, dtype=torch.float64) if track_temperature else None
 
 
 def _fused_sgd_update(
@@ -694,11 +676,6 @@ def _fused_sgd_update(
     if not track_temperature or not sq_norms:
         return None
     return _total(sq_norms)
-
-
-def _pick(lists: tuple[list[Tensor], ...], mask: list[bool]) -> list[list[Tensor]]:
-    """The entries of each list where ``mask`` is true."""
-    return [[t for t, ok in zip(ts, mask, strict=True) if ok] for ts in lists]
 
 
 def _by_device_and_dtype(
