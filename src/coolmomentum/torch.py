@@ -599,16 +599,23 @@ def _fused_update(
 
     Tensors that neither kernel takes run the foreach path: PyTorch's wants buffers in the
     parameters' dtype, one memory layout for parameter, gradient and buffer, and ``rho > 0``
-    (see :func:`_fused_sgd_update`).
+    (see :func:`_fused_sgd_update`); on the CPU it is not used for bfloat16 and float16,
+    where PyTorch 2.13's vectorized kernel computes wrong buffers (so does
+    ``SGD(fused=True)``: a tensor of 16 or more elements goes wrong).
     """
-    native = not isinstance(lr, Tensor) and _fused_cpu.library() is not None
+    scalar_lr = not isinstance(lr, Tensor)
     # Each tensor's route: a dtype for the C kernel, else the update function to run.
     routes: dict[Any, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
     for p, g, b in zip(params, grads, bufs, strict=True):
         route: Any
-        if native and _fused_cpu.eligible(p, g, b):
+        if scalar_lr and p.is_cpu and _fused_cpu.eligible(p, g, b) and _fused_cpu.library():
             route = p.dtype
-        elif rho != 0 and b.dtype == p.dtype and _fused_cpu.dense_alike(p, g, b):
+        elif (
+            rho != 0
+            and b.dtype == p.dtype
+            and (p.dtype in _fused_cpu.DTYPES or not p.is_cpu)
+            and _fused_cpu.dense_alike(p, g, b)
+        ):
             route = _fused_sgd_update
         else:
             route = _foreach_update

@@ -27,7 +27,9 @@ def awkward_params():
         torch.randn(2, 2, generator=gen, dtype=torch.complex128),
         torch.randn(3, 70_000, generator=gen),  # float32, big enough for both threads
         torch.randn(6, 4, generator=gen).t(),  # not contiguous: PyTorch's kernel takes it
-        torch.randn(9, generator=gen).bfloat16(),  # PyTorch's kernel takes it
+        # bfloat16: PyTorch's kernel would take it elsewhere; on the CPU it gets 16 or more
+        # elements wrong (torch 2.13), so the foreach path runs it.
+        torch.randn(40, generator=gen).bfloat16(),
     ]
 
 
@@ -88,7 +90,8 @@ def test_without_a_compiler_pytorchs_fused_kernel_runs_the_step(no_compiler, mon
     monkeypatch.setattr(cm_torch, "_fused_sgd_update", spy)
     options = dict(weight_decay=0.05, decoupled_weight_decay=True, noise_std=0.3)
     assert_same_run(run(fused=True, **options), run(foreach=False, **options))
-    assert calls and max(calls) == 6  # every tensor with a gradient, while rho > 0
+    # While rho > 0, every float32 and float64 tensor with a gradient and one layout.
+    assert calls and max(calls) == 5
 
 
 def test_fused_step_resumes_bit_for_bit():
