@@ -63,6 +63,19 @@ def test_trajectory_matches_formulas_and_torch(schedule):
     np.testing.assert_allclose(xs, torch_trajectory(**kwargs), **TOL)
 
 
+def test_a_learning_rate_schedule_rescales_the_velocity_as_in_torch():
+    warm_up = keras.optimizers.schedules.PolynomialDecay(LR / 8, NUM_STEPS, LR, power=1.0)
+
+    def lr(k):
+        return LR / 8 + (LR - LR / 8) * k / NUM_STEPS
+
+    kwargs, rho = schedule_case("linear-temperature")
+    xs, _ = run(CoolMomentum(warm_up, **kwargs))
+    expected, _ = reference_trajectory(rho, lr=lr)
+    np.testing.assert_allclose(xs, expected, **TOL)
+    np.testing.assert_allclose(xs, torch_trajectory(lr=lr, **kwargs), **TOL)
+
+
 def test_alpha_is_the_papers_cooling_rate():
     alpha = (1 - RHO_0) ** (1 / TOTAL_STEPS)
     xs, _ = run(CoolMomentum(LR, RHO_0, alpha=alpha))

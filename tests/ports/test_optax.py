@@ -104,11 +104,16 @@ def test_learning_rate_schedule_enters_the_recurrence(x64):
         np.testing.assert_allclose(xs, torch_xs, rtol=1e-13, atol=1e-13)
 
 
-def test_constant_schedule_is_sgd_with_momentum(x64):
+def test_constant_schedule_is_sgd_with_momentum_under_a_learning_rate_schedule(x64):
     rho = 0.8
-    xs, _, _ = run(coolmomentum(LR, rho, schedule="constant"))
-    sgd_xs, _, _ = run(optax.sgd(LR * (1 + rho) / 2, momentum=rho))
-    np.testing.assert_allclose(xs, sgd_xs, rtol=1e-14, atol=1e-14)
+
+    def warm_up(count, scale=1.0):  # over 6 steps, in float64
+        return scale * LR * jnp.minimum(1.0, (count.astype(jnp.float64) + 1) / 6)
+
+    for lr, sgd_lr in ((LR, LR * (1 + rho) / 2), (warm_up, lambda k: warm_up(k, (1 + rho) / 2))):
+        xs, _, _ = run(coolmomentum(lr, rho, schedule="constant"))
+        sgd_xs, _, _ = run(optax.sgd(sgd_lr, momentum=rho))
+        np.testing.assert_allclose(xs, sgd_xs, rtol=1e-14, atol=1e-14)
 
 
 def test_jit_matches_eager_in_float32():
