@@ -395,8 +395,8 @@ class CoolMomentum(Optimizer):
 
         With ``all_reduce=True`` (a collective: every rank of ``process_group``, default the
         world, must call it) the sums are over the elements of every rank: over all shards
-        with FSDP2 or ``ZeroRedundancyOptimizer``, and the same values as one rank's with
-        plain data parallelism.
+        with FSDP2 or ``ZeroRedundancyOptimizer``; with plain data parallelism, the world
+        size times one rank's, and the same temperature.
 
         With FSDP2 or ``ZeroRedundancyOptimizer`` each rank's window holds sums over its own
         shards, and a sharded (DCP) or consolidated (ZeRO) checkpoint keeps one rank's copy
