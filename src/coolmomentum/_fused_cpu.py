@@ -12,6 +12,7 @@ package needs no compiler; without one, :func:`library` returns ``None`` and
 
 from __future__ import annotations
 
+import array
 import ctypes
 import functools
 import hashlib
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["DTYPES", "build_error", "dense_alike", "eligible", "library", "step"]
+__all__ = ["DTYPES", "build_error", "dense_alike", "library", "step"]
 
 SOURCE = Path(__file__).with_name("_fused_cpu.c")
 DTYPES = (torch.float32, torch.float64)
@@ -145,15 +146,8 @@ def dense_alike(param: Tensor, grad: Tensor, buf: Tensor) -> bool:
     )
 
 
-def eligible(param: Tensor, grad: Tensor, buf: Tensor) -> bool:
-    """Whether the kernel can update ``param``: CPU, float32 or float64, one dense layout."""
-    return (
-        param.is_cpu
-        and param.dtype in DTYPES
-        and grad.dtype == param.dtype
-        and buf.dtype == param.dtype
-        and dense_alike(param, grad, buf)
-    )
+def _address(table: array.array[int]) -> int:
+    return table.buffer_info()[0]
 
 
 def step(
@@ -168,7 +162,7 @@ def step(
     maximize: bool,
     track_temperature: bool,
 ) -> Tensor | None:
-    """One fused step over tensors of one dtype that are all :func:`eligible`.
+    """One fused step over CPU tensors of one float dtype in :func:`dense_alike` layouts.
 
     Returns ``sum(b**2)`` as a float64 0-d tensor when ``track_temperature`` is on.
     """
@@ -176,14 +170,12 @@ def step(
     if lib is None:
         raise RuntimeError(f"the fused CPU kernel is not available: {build_error()}")
     fn = getattr(lib, f"coolmomentum_step_{str(params[0].dtype).removeprefix('torch.')}")
-    n = len(params)
-    pointers = ctypes.c_void_p * n
+    # array.array packs the addresses and sizes much faster than ctypes arrays do.
+    tables = [array.array("q", [t.data_ptr() for t in ts]) for ts in (params, grads, bufs)]
+    tables.append(array.array("q", [t.numel() for t in params]))
     total = fn(
-        n,
-        pointers(*[t.data_ptr() for t in params]),
-        pointers(*[t.data_ptr() for t in grads]),
-        pointers(*[t.data_ptr() for t in bufs]),
-        (ctypes.c_int64 * n)(*[t.numel() for t in params]),
+        len(params),
+        *[_address(table) for table in tables],
         rho,
         (1.0 + rho) / 2.0,
         float(lr),  # a Python float: the caller sends tensor learning rates elsewhere

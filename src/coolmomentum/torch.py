@@ -85,6 +85,11 @@ class CoolMomentum(Optimizer):
         track_temperature: accumulate the temperature reported by :meth:`stats` (on the
             device, without synchronizing). The fused step sums it in the same pass, at no
             extra memory traffic; the other paths read the buffers once more.
+        temperature_every: measure the temperature on every this many steps only (steps
+            ``k`` with ``k % temperature_every == 0``): the window's temperature is then the
+            mean over its measured steps, an estimate of the mean over all its steps, and
+            the extra read of the foreach and single-tensor paths is paid once per
+            ``temperature_every`` steps. Default 1: every step, exact.
         noise_std: standard deviation of Gaussian noise added to every real gradient element
             before the update: the random force of Langevin dynamics, for full-batch
             (deterministic) objectives that have no minibatch noise. Default 0.
@@ -132,6 +137,7 @@ class CoolMomentum(Optimizer):
         fused: bool | None = None,
         capturable: bool = False,
         track_temperature: bool = True,
+        temperature_every: int = 1,
         noise_std: float = 0.0,
         state_dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
@@ -150,6 +156,7 @@ class CoolMomentum(Optimizer):
             fused=fused,
             capturable=capturable,
             track_temperature=track_temperature,
+            temperature_every=temperature_every,
             noise_std=noise_std,
             state_dtype=state_dtype,
             # A read-only mirror of rho for tools that look for SGD's key (e.g. Lightning's
@@ -190,6 +197,9 @@ class CoolMomentum(Optimizer):
             check_number("lr", lr, hint=" (the step dt**2, e.g. 0.01)")
         for key in ("weight_decay", "noise_std"):
             check_number(key, group[key])
+        every = group["temperature_every"]
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"temperature_every must be an integer >= 1, got {every!r}")
         self._schedule(group)  # raises ValueError naming the bad schedule argument
         for key in _GROUP_STATE:
             if key in group and not isinstance(group[key], Tensor):
@@ -311,7 +321,7 @@ class CoolMomentum(Optimizer):
                     for g in grads
                 ]
             step = group["step"]
-            rho, lr = self._coefficients(group, step)
+            rho, lr, measured = self._coefficients(group, step)
             sq_sum = _choose_update(group)(
                 params,
                 grads,
@@ -321,15 +331,19 @@ class CoolMomentum(Optimizer):
                 weight_decay=group["weight_decay"],
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 maximize=group["maximize"],
-                track_temperature=group["track_temperature"],
+                track_temperature=measured is not False,
             )
             if sq_sum is not None:
                 # Sums of v**2 = (lr b)**2 and of element counts: their ratio is the mean, on
                 # one rank or, after summing over ranks, over every shard.
                 acc = group["temperature_sum"]
+                count: int | Tensor = sum(t.numel() for t in params)
                 lr_sq = _scalar(lr * lr, acc) if isinstance(lr, Tensor) else lr * lr
-                acc.add_(sq_sum.to(device=acc.device, dtype=acc.dtype) * lr_sq)
-                group["temperature_count"].add_(sum(t.numel() for t in params))
+                sq_sum = sq_sum.to(device=acc.device, dtype=acc.dtype) * lr_sq
+                if isinstance(measured, Tensor):  # computed on every step, kept on some
+                    sq_sum, count = sq_sum * measured, measured * count
+                acc.add_(sq_sum)
+                group["temperature_count"].add_(count)
             step.add_(1)
             group["momentum"] = rho
         return loss
@@ -363,21 +377,28 @@ class CoolMomentum(Optimizer):
             bufs.append(buf)
         return params, grads, bufs
 
-    def _coefficients(self, group: dict[str, Any], step: Tensor) -> tuple[Any, Any]:
-        """``rho_k`` and ``lr``: Python floats in eager mode, else 0-d tensors (no host reads)."""
+    def _coefficients(self, group: dict[str, Any], step: Tensor) -> tuple[Any, Any, Any]:
+        """``rho_k``, ``lr`` and whether this step's temperature is measured.
+
+        Python values in eager mode; without host reads (capturable, compiled), ``rho`` is
+        a 0-d tensor, and so is the measurement flag when only some steps are measured.
+        """
         schedule = self._schedule(group)
         lr = group["lr"]
+        every = group["temperature_every"]
         if group["capturable"] or torch.compiler.is_compiling():
             real = getattr(torch, schedule_float("torch", step.device.type))
             rho = schedule(step.to(real), ops=torch)
-            return rho, lr.reshape(()) if isinstance(lr, Tensor) else lr
-        rho = schedule(int(step.item()))  # a CPU tensor: no device synchronization
+            measured = group["track_temperature"] and (every == 1 or step % every == 0)
+            return rho, lr.reshape(()) if isinstance(lr, Tensor) else lr, measured
+        k = int(step.item())  # a CPU tensor: no device synchronization
+        rho = schedule(k)
         if isinstance(rho, Tensor):  # a callable schedule may return a tensor
             rho = rho.item()
         if isinstance(lr, Tensor):
             # Any one-element shape; a CPU value is read without synchronizing a device.
             lr = lr.item() if lr.device.type == "cpu" else lr.reshape(())
-        return rho, lr
+        return rho, lr, group["track_temperature"] and k % every == 0
 
     @torch.no_grad()
     def stats(
@@ -603,22 +624,17 @@ def _fused_update(
     where PyTorch 2.13's vectorized kernel computes wrong buffers (so does
     ``SGD(fused=True)``: a tensor of 16 or more elements goes wrong).
     """
-    scalar_lr = not isinstance(lr, Tensor)
-    # Each tensor's route: a dtype for the C kernel, else the update function to run.
+    native = not isinstance(lr, Tensor) and _fused_cpu.library() is not None
+    # Each tensor's route: a dtype for the C kernel, else the update function that takes it.
     routes: dict[Any, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
     for p, g, b in zip(params, grads, bufs, strict=True):
-        route: Any
-        if scalar_lr and p.is_cpu and _fused_cpu.eligible(p, g, b) and _fused_cpu.library():
-            route = p.dtype
-        elif (
-            rho != 0
-            and b.dtype == p.dtype
-            and (p.dtype in _fused_cpu.DTYPES or not p.is_cpu)
-            and _fused_cpu.dense_alike(p, g, b)
-        ):
-            route = _fused_sgd_update
-        else:
-            route = _foreach_update
+        dtype = p.dtype
+        route: Any = _foreach_update
+        if b.dtype is dtype and _fused_cpu.dense_alike(p, g, b):
+            if not p.is_cpu:
+                route = _fused_sgd_update if rho != 0 else _foreach_update
+            elif dtype is torch.float32 or dtype is torch.float64:
+                route = dtype if native else _fused_sgd_update if rho != 0 else _foreach_update
         lists = routes.get(route)
         if lists is None:
             lists = routes[route] = ([], [], [])
@@ -627,8 +643,8 @@ def _fused_update(
         lists[2].append(b)
     sq_sums = []
     for route, lists in routes.items():
-        kernel = _fused_cpu.step if isinstance(route, torch.dtype) else route
-        sq = kernel(
+        update = _fused_cpu.step if isinstance(route, torch.dtype) else route
+        sq = update(
             *lists,
             rho=rho,
             lr=lr,

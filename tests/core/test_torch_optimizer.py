@@ -521,6 +521,7 @@ def test_sparse_gradients_are_refused_with_a_clear_message():
         ({"total_steps": 5, "noise_std": -1}, r"noise_std must be a number >= 0"),
         ({"total_steps": 5, "hot_steps": -2}, r"hot_steps must be an integer >= 0"),
         ({"total_steps": 5, "state_dtype": torch.int32}, r"state_dtype must be None or a floa"),
+        ({"total_steps": 5, "temperature_every": 0}, r"temperature_every must be an integer"),
         ({"total_steps": 5, "fused": True, "foreach": True}, r"fused=True and foreach=True"),
         ({"total_steps": 5, "fused": True, "capturable": True}, r"for a capturable step use"),
         (
@@ -680,3 +681,17 @@ def test_each_group_schedule_is_validated_once_not_at_every_step(monkeypatch):
     opt.param_groups[0]["rho_0"] = 1.5
     with pytest.raises(ValueError, match="rho_0 must be a number in"):
         train_steps(model, opt, 1)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_temperature_every_k_steps_is_the_mean_over_the_measured_steps(path):
+    every, steps = 3, 10
+    xs, mats, offsets = quadratic_problem()
+    _, ref_temps, _ = run_reference(xs, mats, offsets, steps, 0.05, 0.9, 12, "exponential", 0)
+    _, opt, _ = run_torch(xs, mats, offsets, steps, lr=0.05, rho_0=0.9, total_steps=12,
+                          temperature_every=every, **ALL_PATHS[path])  # fmt: skip
+    (stats,) = opt.stats()
+    measured = ref_temps[::every]  # steps 0, 3, 6, 9
+    assert stats["temperature"] == pytest.approx(float(np.mean(measured)), rel=1e-12)
+    assert stats["temperature_count"] == len(measured) * sum(x.size for x in xs)
+    assert stats["temperature_steps"] == steps
