@@ -1,11 +1,13 @@
 """CoolMomentum: momentum SGD from Langevin dynamics with simulated annealing.
 
 ``import coolmomentum`` imports no framework; ``coolmomentum.CoolMomentum`` (the PyTorch
-optimizer) imports torch on first use.
+optimizer), ``coolmomentum.MomentumCooling`` (cooling for other optimizers) and
+``coolmomentum.param_groups`` (weight decay without biases and norms) import torch on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import schedules
@@ -21,16 +23,20 @@ from .schedules import (
 )
 
 if TYPE_CHECKING:
+    from .cooling import MomentumCooling
     from .torch import CoolMomentum
+    from .weight_decay import param_groups
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SCHEDULES",
     "CoolMomentum",
+    "MomentumCooling",
     "Schedule",
     "alpha_from_total_steps",
     "coolmomentum_to_sgd",
+    "param_groups",
     "rho",
     "schedules",
     "sgd_to_coolmomentum",
@@ -39,9 +45,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "CoolMomentum":
-        from .torch import CoolMomentum
+# Attributes that import torch, and the module each lives in.
+_LAZY = {"CoolMomentum": "torch", "MomentumCooling": "cooling", "param_groups": "weight_decay"}
 
-        return CoolMomentum
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(module, name)
     raise AttributeError(f"module 'coolmomentum' has no attribute {name!r}")

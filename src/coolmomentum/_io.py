@@ -9,10 +9,19 @@ from pathlib import Path
 __all__ = ["atomic_write"]
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes | str,
+    *,
+    previous: str | os.PathLike[str] | None = None,
+) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it.
 
-    A process killed at any moment leaves either the old file or the new one, never a part.
+    A process killed at any moment leaves either the old file or the new one, never a part;
+    the file and then the folder are synced, so that a file reported written survives a power
+    loss. With ``previous``, the old file is kept under that name (renamed just before the
+    new one takes its place). A failed write (a full disk, say) leaves the old file as it was
+    and raises.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -21,7 +30,24 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the folder's entries (a rename) durable; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not sync folders; the rename is done either way
+        pass
+    finally:
+        os.close(fd)

@@ -3,21 +3,37 @@
 Two clients of the library register their commands side by side: the experiment harness
 (``compare``, ``train``, ``report``) and the physics front (``anneal``). Every handler returns
 an exit code; a :class:`~coolmomentum.errors.UsageError` becomes one ``coolmomentum: error:``
-line and status 2.
+line and status 2, a :class:`~coolmomentum.errors.Preempted` run status 75.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
-from .errors import UsageError
+from .errors import Preempted, UsageError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "check_experiments_extra", "main"]
 
 EXIT_USAGE = 2
+EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL: stopped with a checkpoint, resumable
 EXIT_INTERRUPTED = 130
+
+# The import names of the packages of the [experiments] extra (pyproject.toml), which the
+# commands use for plots, progress bars, images and baselines. The core install lacks them.
+EXPERIMENTS_EXTRA = ("matplotlib", "tqdm", "PIL", "schedulefree")
+
+
+def check_experiments_extra() -> None:
+    """Raise a UsageError naming the extra if one of its packages is not installed."""
+    missing = [name for name in EXPERIMENTS_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"the coolmomentum command needs the [experiments] extra ({', '.join(missing)} "
+            f'missing): pip install "coolmomentum[experiments]"'
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_experiments_extra()
         status: int = args.func(args)
         return status
     except UsageError as e:
         print(f"coolmomentum: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Preempted as e:
+        print(f"coolmomentum: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("coolmomentum: interrupted; rerun with --resume to continue", file=sys.stderr)
         return EXIT_INTERRUPTED

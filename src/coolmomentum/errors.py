@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UsageError"]
+__all__ = ["Preempted", "UsageError"]
 
 
 class UsageError(Exception):
@@ -11,3 +11,8 @@ class UsageError(Exception):
     The ``coolmomentum`` command prints it as ``coolmomentum: error: <message>`` and exits
     with status 2; every other exception is a bug and keeps its traceback.
     """
+
+
+class Preempted(Exception):
+    """A run stopped by SIGTERM or SIGUSR1 after writing a checkpoint; ``--resume`` continues
+    it. The command exits with status 75 (``EX_TEMPFAIL``: try again)."""

@@ -45,12 +45,20 @@ OPTIMIZERS = (
     "rmsprop-tf",
 )
 SCHEDULE_FREE = ("sgd-schedulefree", "adamw-schedulefree")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "wsd")
 WEIGHT_DECAY_PARAMS = ("all", "conv", "no-batchnorm")
 AUGMENTATIONS = ("none", "shift-flip", "crop-flip")
 NORMALIZATIONS = ("channel", "pixel-mean")
 # Settings that may differ between a run and its resumption: where things are, not what.
-NOT_IDENTITY = ("data_dir", "device", "out", "workers")
+NOT_IDENTITY = (
+    "data_dir",
+    "device",
+    "out",
+    "workers",
+    "checkpoint_every",
+    "checkpoint_every_minutes",
+)
+NONFINITE = ("stop", "skip")
 
 
 class ConfigError(UsageError, ValueError):
@@ -101,7 +109,9 @@ class OptimizerSpec:
 
     The learning rate is set before every step (:func:`.optimizers.lr_at`): a linear warm-up
     from 0 over ``lr_warmup_steps``, then ``lr`` times the ``lr_schedule`` (``cosine``: half a
-    cosine from 1 after the warm-up to 0 at the run's last step) times ``lr_decay_factor **
+    cosine from 1 after the warm-up to 0 at the end of the run; ``wsd``, warm-up, stable,
+    decay: 1, then linearly to 0 over the last ``lr_decay_fraction`` of the run, and
+    CoolMomentum's cooling ends where that decay starts) times ``lr_decay_factor **
     floor(step / lr_decay_every_steps)`` (a staircase counted from step 0) times the step
     decay ``lr_decay``, given as ``[[epoch, factor], ...]``: from that (0-based) epoch on the
     factor applies. The schedule-free optimizers take no schedule: ``lr_warmup_steps`` is
@@ -126,9 +136,11 @@ class OptimizerSpec:
     nesterov: bool = setting(False, "SGD: Nesterov momentum")
     lr_schedule: str = setting(
         "constant",
-        "learning-rate schedule: constant, or cosine decay to 0 at the last step",
+        "learning-rate schedule: constant; cosine decay to 0 at the end; wsd: constant, then "
+        "linear to 0 over the last --lr-decay-fraction of the run (CoolMomentum cools first)",
         choices=LR_SCHEDULES,
     )
+    lr_decay_fraction: float = setting(0.2, "wsd: the final fraction of the run that decays")
     weight_decay: float = setting(0.0, "L2 penalty added to the gradient")
     lr_decay: list[list[float]] = setting(
         [], "step decay of the learning rate", metavar="EPOCH:FACTOR,...", parse=parse_lr_decay
@@ -164,6 +176,10 @@ class OptimizerSpec:
         _check(
             self.lr_schedule in LR_SCHEDULES,
             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+        )
+        _check(
+            0 < self.lr_decay_fraction < 1,
+            f"lr_decay_fraction must be in (0, 1), e.g. 0.2, got {self.lr_decay_fraction}",
         )
         _check(
             self.optimizer not in SCHEDULE_FREE
@@ -253,6 +269,18 @@ class RunConfig:
     eval_every_steps: int | None = setting(
         None, "evaluate every N global steps and at the end (default: every epoch)"
     )
+    checkpoint_every: int | None = setting(
+        None, "also write a checkpoint every N global steps (mid-epoch; resumes bit for bit)"
+    )
+    checkpoint_every_minutes: float | None = setting(
+        None, "also write a checkpoint every M minutes (decided on rank 0 under torchrun)"
+    )
+    on_nonfinite: str = setting(
+        "stop",
+        "a training loss that is not finite: stop the run with an error (the last checkpoint "
+        "is kept), or skip the step (it does not advance the cooling schedule)",
+        choices=NONFINITE,
+    )
     compile: bool = setting(False, "torch.compile the model")
     max_steps: int | None = setting(None, "stop after this many optimizer steps (if first)")
     ema_decay: float | None = setting(
@@ -271,7 +299,14 @@ class RunConfig:
         )
         for name in ("epochs", "batch_size", "image_size", "eval_batch_size", "sample_every_steps"):
             _positive_int(name, getattr(self, name))
-        for name in ("max_steps", "eval_every_steps", "train_subset", "test_subset", "validation"):
+        for name in (
+            "max_steps",
+            "eval_every_steps",
+            "train_subset",
+            "test_subset",
+            "validation",
+            "checkpoint_every",
+        ):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         _check(
@@ -281,6 +316,10 @@ class RunConfig:
         _check(
             self.ema_decay is None or 0 < self.ema_decay < 1,
             f"ema_decay must be in (0, 1), e.g. 0.9999, got {self.ema_decay}",
+        )
+        _check(
+            self.checkpoint_every_minutes is None or self.checkpoint_every_minutes > 0,
+            f"checkpoint_every_minutes must be > 0, got {self.checkpoint_every_minutes}",
         )
         _check(
             0 <= self.label_smoothing < 1,

@@ -12,7 +12,11 @@ the same batches. Under ``torchrun`` every rank runs this loop; rank 0 alone wri
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -23,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from coolmomentum.errors import Preempted
 
 from . import checkpoint
 from .config import ConfigError, OptimizerSpec, RunConfig, run_steps
@@ -37,6 +43,26 @@ __all__ = ["evaluate", "train"]
 # Refresh the progress bar's loss and accuracy every this many steps (each refresh waits for
 # the device).
 PROGRESS_EVERY = 20
+# Every this many steps (and where a stretch ends) the ranks agree on whether to stop: a
+# preemption signal or a checkpoint due by the clock (both decided on rank 0), or a loss that
+# is not finite on any rank. One small collective and one wait for the device per check.
+CONTROL_EVERY = 10
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass
+class Stretch:
+    """The training metrics of the steps since the last evaluation, accumulating."""
+
+    sums: torch.Tensor  # loss * n, correct, n: this rank's (rank 0's holds the restored part)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    sampled_at: int = 0
+    seconds: float = 0.0
+    lr: float = float("nan")
+    skipped: int = 0
+
+    def state(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "sums": self.sums.cpu()}
 
 
 @dataclass
@@ -48,6 +74,7 @@ class Run:
     ema: WeightAverage | None
     step: int = 0  # global optimizer steps taken
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    stretch: Stretch | None = None  # a stretch in progress (None right after an evaluation)
 
     def state(self, config: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:
         state = {
@@ -57,17 +84,77 @@ class Run:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.optimizer.state_dict(),
             "metrics": self.metrics,
+            "stretch": None if self.stretch is None else self.stretch.state(),
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], device: torch.device, world: World) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.metrics = state["step"], state["metrics"]
+        stretch = state["stretch"]
+        if stretch is not None:
+            # The saved sums are every rank's: rank 0 carries them on, the others restart at 0.
+            sums = stretch["sums"].to(device) if world.is_main else torch.zeros_like(
+                stretch["sums"], device=device
+            )
+            self.stretch = Stretch(**{**stretch, "sums": sums})
+
+
+class Control:
+    """When a stretch stops early: a preemption signal (SIGTERM, SIGUSR1), a checkpoint due by
+    the clock, or a non-finite loss. Signals and the clock are rank 0's to decide; every rank
+    learns the decision at the same step, so no rank is left waiting in a collective.
+
+    A second preemption signal ends the process at once, as the signal would have.
+    """
+
+    def __init__(self, world: World, every_minutes: float | None) -> None:
+        self.world = world
+        self.every_seconds = None if every_minutes is None else 60 * every_minutes
+        self.last_checkpoint = time.monotonic()
+        self.signalled: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Control:
+        if threading.current_thread() is threading.main_thread():
+            for signum in PREEMPTION_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signalled is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signalled = signum
+
+    def check(self, bad_step: torch.Tensor) -> tuple[bool, bool, int]:
+        """``(preempt, checkpoint now, first step with a non-finite loss or -1)``, the same on
+        every rank (a collective under torchrun)."""
+        due = self.every_seconds is not None and (
+            time.monotonic() - self.last_checkpoint >= self.every_seconds
+        )
+        flags = torch.tensor(
+            [self.signalled is not None, due, 0], dtype=torch.int64, device=bad_step.device
+        )
+        if not self.world.is_main:
+            flags.zero_()
+        flags[2] = bad_step + 1  # 0: none
+        if self.world.active:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        preempt, checkpoint_now, bad = flags.tolist()
+        return bool(preempt), bool(checkpoint_now), bad - 1
+
+    def checkpointed(self) -> None:
+        self.last_checkpoint = time.monotonic()
 
 
 def _epochs(step: int, steps_per_epoch: int) -> int | float:
@@ -76,11 +163,15 @@ def _epochs(step: int, steps_per_epoch: int) -> int | float:
     return whole if part == 0 else round(step / steps_per_epoch, 6)
 
 
-def evaluation_steps(start: int, last: int, steps_per_epoch: int, every: int | None) -> list[int]:
-    """The global steps after ``start`` at which the run is evaluated, ending with ``last``."""
-    period = every or steps_per_epoch
-    points = list(range((start // period + 1) * period, last, period))
-    return [*points, last] if start < last else []
+def stop_steps(
+    start: int, last: int, steps_per_epoch: int, eval_every: int | None, every: int | None
+) -> list[tuple[int, bool]]:
+    """The global steps after ``start`` where training pauses, ending with ``last``, each with
+    whether the run is evaluated there (else only checkpointed, by ``every``)."""
+    period = eval_every or steps_per_epoch
+    evaluations = {*range((start // period + 1) * period, last, period), last}
+    checkpoints = set(range((start // every + 1) * every, last, every)) if every else set()
+    return [(s, s in evaluations) for s in sorted(evaluations | checkpoints) if s > start]
 
 
 def _on_main(world: World, fn: Callable[[], Any]) -> Any:
@@ -108,10 +199,17 @@ def train(
     progress: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Train one optimizer; returns its metrics (also written to ``run_dir``)."""
+    """Train one optimizer; returns its metrics (also written to ``run_dir``).
+
+    Raises :class:`~coolmomentum.errors.Preempted` after writing a checkpoint when SIGTERM or
+    SIGUSR1 arrives, and :class:`ConfigError` when the training loss stops being finite
+    (with ``on_nonfinite="stop"``; the last checkpoint is kept).
+    """
     world, device = data.world, data.device
     saved_config = {**config.for_run(spec), "world_size": world.size}
-    restored = _on_main(world, lambda: checkpoint.open_run_dir(run_dir, saved_config, resume))
+    restored = _on_main(
+        world, lambda: checkpoint.open_run_dir(run_dir, saved_config, resume, log=log)
+    )
     steps_per_epoch = data.steps_per_epoch()
     if steps_per_epoch < 1:
         raise ConfigError(
@@ -120,7 +218,7 @@ def train(
     last_step = run_steps(config, steps_per_epoch)
     run = _build(config, spec, data, steps_per_epoch)
     if restored is not None:
-        run.restore(restored)
+        run.restore(restored, device, world)
         log(f"[{spec.label}] resuming after step {run.step} (epoch {restored['epoch']})")
     forward: nn.Module = run.model
     if world.active:
@@ -130,15 +228,50 @@ def train(
     if config.compile:
         forward = torch.compile(forward)  # type: ignore[assignment]
     show = world.is_main and (sys.stderr.isatty() if progress is None else progress)
-    for end in evaluation_steps(run.step, last_step, steps_per_epoch, config.eval_every_steps):
-        bar = _progress(show, end - run.step, f"{spec.label} {run.step}->{end}/{last_step}")
-        record = _train_stretch(run, forward, data, config, end, steps_per_epoch, bar)
-        record.update(_evaluations(run, data, config, final=end == last_step))
-        run.metrics.append(record)
+
+    def save() -> None:
         if world.is_main:
             checkpoint.save(run_dir, run.state(saved_config, steps_per_epoch))
-            log(_summary(spec.label, record, config.epochs))
+        control.checkpointed()
+
+    with Control(world, config.checkpoint_every_minutes) as control:
+        # A stretch saved exactly at its stop (preempted there) still owes that stop's work.
+        start = run.step - (run.stretch is not None)
+        stops = stop_steps(
+            start, last_step, steps_per_epoch, config.eval_every_steps, config.checkpoint_every
+        )
+        for stop, evaluated in stops:
+            while run.step < stop:
+                bar = _progress(show, stop - run.step, f"{spec.label} {run.step}->{stop}")
+                preempted = _train_until(run, forward, data, config, stop, control, bar)
+                if preempted or run.step < stop:  # stopped early: keep the stretch's state
+                    _share_stretch(run, world)
+                    save()
+                if preempted:
+                    raise Preempted(
+                        f"[{spec.label}] preempted at step {run.step}: checkpoint written in "
+                        f"{run_dir}; rerun with --resume to continue"
+                    )
+            if not evaluated:
+                _share_stretch(run, world)
+                save()
+                continue
+            record = _finish_stretch(run, data, steps_per_epoch)
+            record.update(_evaluations(run, data, config, final=stop == last_step))
+            run.metrics.append(record)
+            save()
+            if world.is_main:
+                log(_summary(spec.label, record, config.epochs))
     return run.metrics
+
+
+def _share_stretch(run: Run, world: World) -> None:
+    """Before a mid-stretch checkpoint: rank 0's sums become every rank's (it alone writes),
+    the others' restart at 0."""
+    assert run.stretch is not None
+    world.sum(run.stretch.sums)
+    if not world.is_main:
+        run.stretch.sums.zero_()
 
 
 def _evaluations(
@@ -198,69 +331,110 @@ def _batches(
                 break
 
 
-def _train_stretch(
+def _train_until(
     run: Run,
     forward: nn.Module,
     data: TrainingData,
     config: RunConfig,
     end: int,
-    steps_per_epoch: int,
+    control: Control,
     bar: Any,
-) -> dict[str, Any]:
-    """Train from ``run.step`` to ``end``; the stretch's training metrics, with ``lr``,
-    ``rho`` and the temperature sampled every ``config.sample_every_steps`` steps."""
-    device = data.device
+) -> bool:
+    """Train from ``run.step`` towards ``end``, sampling ``lr``, ``rho`` and the temperature
+    every ``config.sample_every_steps`` steps; stops early for a checkpoint due by the clock or
+    a preemption (then returns True). A non-finite loss raises ``ConfigError`` (or, with
+    ``on_nonfinite="skip"``, the step is skipped on every rank)."""
+    device, world = data.device, data.world
+    steps_per_epoch = data.steps_per_epoch()
+    if run.stretch is None:
+        run.stretch = Stretch(torch.zeros(3, device=device, dtype=torch.float64), [], run.step)
+    stretch = run.stretch
     run.model.train()
     run.optimizer.train_mode()
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
-    samples: list[dict[str, Any]] = []
-    sampled_at = run.step
+    bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+    skip = config.on_nonfinite == "skip"
     started = time.perf_counter()
-    lr = float("nan")
-    for step, (x, y, share) in _batches(data, run.step, end, steps_per_epoch):
-        epoch = step // steps_per_epoch
-        torch.manual_seed(derived_seed(config.seed, Stream.MODEL, epoch, step))
-        lr = run.optimizer.set_lr(step)
-        with _autocast(device):
-            logits = forward(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-        run.optimizer.optimizer.zero_grad(set_to_none=True)
-        (loss * share if share != 1 else loss).backward()
-        run.optimizer.optimizer.step()
-        if run.ema is not None:
-            run.ema.update()
-        sums[0] += loss.detach() * len(y)
-        sums[1] += (logits.detach().argmax(1) == y).sum()
-        sums[2] += len(y)
-        run.step = step + 1
-        if run.step % config.sample_every_steps == 0 or run.step == end:
-            window = run.step - sampled_at
-            momentum = run.optimizer.momentum(all_reduce=data.world.active)
-            samples.append({"step": run.step, "lr": lr, **momentum, "steps": window})
-            sampled_at = run.step
+    preempted = False
+    try:
+        for step, (x, y, share) in _batches(data, run.step, end, steps_per_epoch):
+            epoch = step // steps_per_epoch
+            torch.manual_seed(derived_seed(config.seed, Stream.MODEL, epoch, step))
+            stretch.lr = run.optimizer.set_lr(step)
+            with _autocast(device):
+                logits = forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            run.optimizer.optimizer.zero_grad(set_to_none=True)
+            (loss * share if share != 1 else loss).backward()
+            finite = torch.isfinite(loss.detach())
+            take = True
+            if skip:  # every rank must agree, now: one wait for the device per step
+                agreed = finite.to(torch.int64)
+                if world.active:
+                    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+                take = bool(agreed.item())
+            else:
+                bad_step = torch.where(finite | (bad_step >= 0), bad_step, step)
+            if take:
+                run.optimizer.optimizer.step()
+                if run.ema is not None:
+                    run.ema.update()
+                stretch.sums[0] += loss.detach() * len(y)
+                stretch.sums[1] += (logits.detach().argmax(1) == y).sum()
+                stretch.sums[2] += len(y)
+            else:
+                stretch.skipped += 1
+            run.step = step + 1
+            if run.step % config.sample_every_steps == 0 or run.step == end:
+                window = run.step - stretch.sampled_at
+                momentum = run.optimizer.momentum(all_reduce=world.active)
+                stretch.samples.append({"step": run.step, "lr": stretch.lr, **momentum,
+                                        "steps": window})  # fmt: skip
+                stretch.sampled_at = run.step
+            if bar is not None:
+                if run.step % PROGRESS_EVERY == 0 or run.step == end:
+                    bar.set_postfix(_live(stretch.sums, run.optimizer), refresh=False)
+                bar.update()
+            if run.step % CONTROL_EVERY == 0 or run.step == end:
+                preempted, due, bad = control.check(bad_step)
+                if bad >= 0:
+                    raise ConfigError(
+                        f"[{run.optimizer.spec.label}] the "
+                        f"training loss is not finite at step {bad} (lr {stretch.lr:g}): the "
+                        f"run diverged; lower --lr (or raise --lr-warmup-steps) and rerun with "
+                        f"--resume from the last checkpoint, or pass --on-nonfinite skip"
+                    )
+                if preempted or due:
+                    break
+    finally:
+        stretch.seconds += time.perf_counter() - started
         if bar is not None:
-            if run.step % PROGRESS_EVERY == 0 or run.step == end:
-                bar.set_postfix(_live(sums, run.optimizer), refresh=False)
-            bar.update()
-    data.world.sum(sums)
-    seconds = time.perf_counter() - started  # the sum above waited for the device
-    if bar is not None:
-        bar.close()
-    loss_sum, correct, seen = sums.tolist()
+            bar.close()
+    return preempted
+
+
+def _finish_stretch(run: Run, data: TrainingData, steps_per_epoch: int) -> dict[str, Any]:
+    """The training metrics of the stretch that ends here (summed over the ranks)."""
+    stretch = run.stretch
+    assert stretch is not None
+    data.world.sum(stretch.sums)
+    loss_sum, correct, seen = stretch.sums.tolist()
+    run.stretch = None
+    samples = stretch.samples
     tracked = [(s["temperature"], s["steps"]) for s in samples if s["temperature"] is not None]
     return {
         "epoch": _epochs(run.step, steps_per_epoch),
         "step": run.step,
-        "train_loss": loss_sum / seen,
-        "train_acc": correct / seen,
-        "lr": lr,
-        "rho": samples[-1]["rho"],
+        "train_loss": loss_sum / seen if seen else float("nan"),
+        "train_acc": correct / seen if seen else float("nan"),
+        "lr": stretch.lr,
+        "rho": samples[-1]["rho"] if samples else None,
         # The mean over the stretch's steps of the per-step mean of v**2 over the model.
         "temperature": sum(t * n for t, n in tracked) / sum(n for _, n in tracked)
         if tracked
         else None,
-        "seconds": seconds,
-        "images_per_s": seen / seconds,
+        "skipped_steps": stretch.skipped,
+        "seconds": stretch.seconds,
+        "images_per_s": seen / stretch.seconds if stretch.seconds else None,
         "samples": [{k: v for k, v in s.items() if k != "steps"} for s in samples],
     }
 

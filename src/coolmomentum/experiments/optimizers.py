@@ -42,6 +42,9 @@ def lr_at(spec: OptimizerSpec, step: int, steps_per_epoch: int, total_steps: int
         span = max(1, total_steps - spec.lr_warmup_steps)
         progress = min(1.0, (step - spec.lr_warmup_steps) / span)
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif spec.lr_schedule == "wsd":
+        decay_steps = spec.lr_decay_fraction * total_steps
+        factor = min(1.0, max(0.0, (total_steps - step) / decay_steps))
     decay = 1.0  # the factor of the latest step-decay epoch reached
     for start, f in spec.lr_decay:
         if step // steps_per_epoch >= start:
@@ -237,7 +240,10 @@ def _coolmomentum(
     groups: list[dict[str, Any]], spec: OptimizerSpec, config: RunConfig, steps_per_epoch: int
 ) -> CoolMomentum:
     hot_steps = round(spec.hot_epochs * steps_per_epoch)
-    total = spec.total_steps or run_steps(config, steps_per_epoch) - hot_steps
+    steps = run_steps(config, steps_per_epoch)
+    if spec.lr_schedule == "wsd":  # cool first, then lower the step
+        steps = round((1 - spec.lr_decay_fraction) * steps)
+    total = spec.total_steps or steps - hot_steps
     if total <= 0:
         raise ConfigError(
             f"run {spec.label!r}: hot_epochs={spec.hot_epochs} leaves no steps to cool over in "
