@@ -261,19 +261,39 @@ def record(path: Path, title: str, command: str, sections: list[str], note: str)
     print(f"wrote {path}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, reps: int, results: Path) -> argparse.ArgumentParser:
+    """The options every timing script takes."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--reps", type=int, default=reps)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--sets", nargs="+", choices=PARAMETER_SETS, default=list(PARAMETER_SETS))
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--record", action="store_true", help=f"write {RESULTS}")
-    args = parser.parse_args()
+    parser.add_argument("--record", action="store_true", help=f"write {results}")
+    return parser
+
+
+def start(args: argparse.Namespace) -> float:
+    """Set the threads and print the machine; the load average before the run."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
     print(machine())
+    return os.getloadavg()[0]
+
+
+def finish(title: str, path: Path, sections: list[str], load_before: float, write: bool) -> None:
+    """Print whether the machine was idle and, if ``write``, record the run in ``path``."""
+    note = idle_note(load_before, os.getloadavg()[0])
+    print(note)
+    if write:
+        command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+        record(path, title, command, sections, note)
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0], 40, RESULTS)
+    parser.add_argument("--sets", nargs="+", choices=PARAMETER_SETS, default=list(PARAMETER_SETS))
+    args = parser.parse_args()
+    load_before = start(args)
     sections = []
     if args.device == "cpu":
         build = kernel_build_seconds()
@@ -287,11 +307,7 @@ def main() -> None:
     for label in args.sets:
         rows = bench(label, PARAMETER_SETS[label](), args.device, args.reps, args.warmup)
         sections += [f"## {label}", "", *rows, ""]
-    note = idle_note(load_before, os.getloadavg()[0])
-    print(note)
-    if args.record:
-        command = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
-        record(RESULTS, "Optimizer step time", command.strip(), sections, note)
+    finish("Optimizer step time", RESULTS, sections, load_before, args.record)
 
 
 if __name__ == "__main__":

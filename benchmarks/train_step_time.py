@@ -13,16 +13,13 @@ per-repetition ratios to fused SGD.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from step_time import idle_note, interleaved_times, machine, median_ratio, record
+from step_time import arguments, finish, interleaved_times, median_ratio, start
 
 from coolmomentum.experiments.models import build_model
 from coolmomentum.torch import CoolMomentum
@@ -84,25 +81,12 @@ def bench(label: str, device: str, reps: int, warmup: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--record", action="store_true", help=f"write {RESULTS}")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
-    print(machine())
+    args = arguments(__doc__.splitlines()[0], 30, RESULTS).parse_args()
+    load_before = start(args)
     sections = []
     for label in MODELS:
         sections += [f"## {label}", "", *bench(label, args.device, args.reps, args.warmup), ""]
-    note = idle_note(load_before, os.getloadavg()[0])
-    print(note)
-    if args.record:
-        command = "python benchmarks/train_step_time.py " + " ".join(sys.argv[1:])
-        record(RESULTS, "Training step time", command.strip(), sections, note)
+    finish("Training step time", RESULTS, sections, load_before, args.record)
 
 
 if __name__ == "__main__":

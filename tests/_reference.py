@@ -102,6 +102,18 @@ def torch_trajectory(
     return np.array(xs)
 
 
+def empty_window(rho: float) -> dict:
+    """The statistics every port reports before its first step."""
+    return {
+        "step": 0,
+        "rho": rho,
+        "temperature": None,
+        "temperature_sum": 0.0,
+        "temperature_count": 0,
+        "temperature_steps": 0,
+    }
+
+
 def callable_rho(step):
     """A schedule of the user's own: works on numbers and on any framework's scalars."""
     return 0.5 + 0.4 * 0.8**step

@@ -22,7 +22,7 @@ kernel, under the change of variables above, elsewhere).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -43,7 +43,20 @@ _STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Parameters of these exact types need neither a DTensor's local view (checked per step).
 _PLAIN_TENSORS = frozenset({Tensor, torch.nn.Parameter})
 
-UpdateFn = Callable[..., "Tensor | None"]
+
+
+class StepOptions(NamedTuple):
+    """A group's options that every implementation of the step takes."""
+
+    weight_decay: float
+    decoupled_weight_decay: bool
+    maximize: bool
+    track_temperature: bool
+
+
+UpdateFn = Callable[
+    [list[Tensor], list[Tensor], list[Tensor], Any, Any, StepOptions], "Tensor | None"
+]
 
 
 class CoolMomentum(Optimizer):
@@ -322,17 +335,13 @@ class CoolMomentum(Optimizer):
                 ]
             step = group["step"]
             rho, lr, measured = self._coefficients(group, step)
-            sq_sum = _choose_update(group)(
-                params,
-                grads,
-                bufs,
-                rho=rho,
-                lr=lr,
-                weight_decay=group["weight_decay"],
-                decoupled_weight_decay=group["decoupled_weight_decay"],
-                maximize=group["maximize"],
+            options = StepOptions(
+                group["weight_decay"],
+                group["decoupled_weight_decay"],
+                group["maximize"],
                 track_temperature=measured is not False,
             )
+            sq_sum = _choose_update(group)(params, grads, bufs, rho, lr, options)
             if sq_sum is not None:
                 # Sums of v**2 = (lr b)**2 and of element counts: their ratio is the mean, on
                 # one rank or, after summing over ranks, over every shard.
@@ -524,15 +533,12 @@ def _single_tensor_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    *,
     rho: float | Tensor,
     lr: float | Tensor,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    track_temperature: bool,
+    options: StepOptions,
 ) -> Tensor | None:
     """The reference loop, one tensor at a time; returns ``sum(b**2)`` when tracking."""
+    weight_decay, decoupled_weight_decay, maximize, track_temperature = options
     norms = []
     scalar_mode = not isinstance(rho, Tensor) and not isinstance(lr, Tensor)
     damp = (1 + rho) / 2
@@ -561,15 +567,12 @@ def _foreach_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    *,
     rho: float | Tensor,
     lr: float | Tensor,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    track_temperature: bool,
+    options: StepOptions,
 ) -> Tensor | None:
     """The multi-tensor path: same arithmetic as :func:`_single_tensor_update`, per device/dtype."""
+    weight_decay, decoupled_weight_decay, maximize, track_temperature = options
     if not params:
         return None
     sq_norms = []
@@ -608,13 +611,9 @@ def _fused_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    *,
     rho: float,
     lr: float | Tensor,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    track_temperature: bool,
+    options: StepOptions,
 ) -> Tensor | None:
     """One pass over each tensor: the C kernel on the CPU, else PyTorch's fused SGD kernel.
 
@@ -643,32 +642,30 @@ def _fused_update(
         lists[2].append(b)
     sq_sums = []
     for route, lists in routes.items():
-        update = _fused_cpu.step if isinstance(route, torch.dtype) else route
-        sq = update(
-            *lists,
-            rho=rho,
-            lr=lr,
-            weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize,
-            track_temperature=track_temperature,
-        )
+        if isinstance(route, torch.dtype):
+            sq = _fused_cpu.step(
+                *lists,
+                rho,
+                cast(float, lr),
+                options.weight_decay,
+                options.decoupled_weight_decay,
+                options.maximize,
+                options.track_temperature,
+            )
+        else:
+            sq = route(*lists, rho, lr, options)
         if sq is not None:
             sq_sums.append(sq)
-    return _total(sq_sums) if track_temperature and sq_sums else None
+    return _total(sq_sums) if options.track_temperature and sq_sums else None
 
 
 def _fused_sgd_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    *,
     rho: float,
     lr: float | Tensor,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    track_temperature: bool,
+    options: StepOptions,
 ) -> Tensor | None:
     """CoolMomentum's step through PyTorch's fused SGD kernel, ``torch._fused_sgd_``.
 
@@ -678,6 +675,7 @@ def _fused_sgd_update(
     at zero, so the first step needs no special case. (Its ``momentum = 0`` variant keeps no
     buffer: the caller sends cooled steps elsewhere.)
     """
+    weight_decay, decoupled_weight_decay, maximize, track_temperature = options
     sq_norms = []
     for dev_params, dev_grads, dev_bufs in _by_device_and_dtype(params, grads, bufs):
         if weight_decay and decoupled_weight_decay:

@@ -122,7 +122,7 @@ class _UpdateSpy:
         return self
 
     def _wrap(self, name, original):
-        def update(params, grads, bufs, **kwargs):
+        def update(params, grads, bufs, *args):
             self.calls.append(
                 {
                     "path": name,
@@ -130,7 +130,7 @@ class _UpdateSpy:
                     "shapes": [tuple(t.shape) for t in params],
                 }
             )
-            return original(params, grads, bufs, **kwargs)
+            return original(params, grads, bufs, *args)
 
         return update
 

@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from _reference import reference_rho
+from _reference import empty_window, reference_rho
 
 from coolmomentum import CoolMomentum
 from coolmomentum.schedules import Schedule
@@ -451,15 +451,7 @@ def test_temperature_tracking_off():
 def test_stats_window_resets_only_when_asked():
     x = torch.nn.Parameter(torch.zeros(4))
     opt = CoolMomentum([x], lr=1.0, rho_0=0.5, schedule="constant")
-    assert opt.stats()[0] == {
-        "step": 0,
-        "rho": 0.5,
-        "lr": 1.0,
-        "temperature": None,
-        "temperature_sum": 0.0,
-        "temperature_count": 0,
-        "temperature_steps": 0,
-    }
+    assert opt.stats()[0] == {**empty_window(0.5), "lr": 1.0}
     x.grad = torch.ones(4)
     opt.step()  # v = -0.75
     x.grad = torch.zeros(4)

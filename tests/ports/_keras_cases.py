@@ -18,6 +18,7 @@ from _reference import (  # noqa: E402
     TOTAL_STEPS,
     X0,
     callable_rho,
+    empty_window,
     gradient,
     reference_rho,
     reference_trajectory,
@@ -124,14 +125,7 @@ def test_stats_report_step_rho_and_temperature():
     expected_rho = [reference_rho(k, "linear-temperature") for k in range(NUM_STEPS)]
     _, mean_sq = reference_trajectory(lambda k: expected_rho[k])
     opt = CoolMomentum(LR, RHO_0, TOTAL_STEPS, schedule="linear-temperature")
-    assert opt.stats() == {
-        "step": 0,
-        "rho": RHO_0,
-        "temperature": None,
-        "temperature_sum": 0.0,
-        "temperature_count": 0,
-        "temperature_steps": 0,
-    }
+    assert opt.stats() == empty_window(RHO_0)
     _, variable = run(opt, num_steps=10)
     stats = opt.stats()
     assert stats["step"] == 10
