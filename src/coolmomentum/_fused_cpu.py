@@ -21,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,7 +78,21 @@ def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
 
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
-    """The built kernel library, or ``None`` and the reason it could not be built."""
+    """The built kernel library, or ``None`` and the reason it could not be built (warned
+    about once: the step still runs, on PyTorch's fused SGD kernel)."""
+    lib, reason = _build_and_load()
+    if lib is None:
+        warnings.warn(
+            f"coolmomentum: the fused CPU kernel is not available ({reason}); the fused step "
+            f"runs on PyTorch's fused SGD kernel, which reads the buffers once more to track "
+            f"the temperature",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return lib, reason
+
+
+def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         return None, "no C compiler found (set CC or install cc)"
@@ -92,7 +107,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
-        folder = Path(tempfile.gettempdir()) / f"coolmomentum-{os.getuid()}"
+        user = os.getuid() if hasattr(os, "getuid") else os.getpid()
+        folder = Path(tempfile.gettempdir()) / f"coolmomentum-{user}"
         folder.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in _FLAG_SETS:
