@@ -110,12 +110,12 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
         user = os.getuid() if hasattr(os, "getuid") else os.getpid()
         folder = Path(tempfile.gettempdir()) / f"coolmomentum-{user}"
         folder.mkdir(parents=True, exist_ok=True)
+    cpu = _cpu_description().encode()
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
-            b"\0".join([source, version.encode(), " ".join(flags).encode(),
-                        _cpu_description().encode()])
-        ).hexdigest()[:16]  # fmt: skip
+            b"\0".join([source, version.encode(), " ".join(flags).encode(), cpu])
+        ).hexdigest()[:16]
         target = folder / f"fused_cpu-{key}.so"
         if not target.exists():
             try:
@@ -126,7 +126,11 @@ def _build_and_load() -> tuple[ctypes.CDLL | None, str]:
             except (OSError, subprocess.SubprocessError) as exc:
                 errors.append(f"{' '.join(flags)}: {exc}")
                 continue
-        lib = ctypes.CDLL(str(target))
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError as exc:  # e.g. a cached file this system cannot load
+            errors.append(f"{' '.join(flags)}: loading {target}: {exc}")
+            continue
         for dtype in DTYPES:
             fn = getattr(lib, f"coolmomentum_step_{str(dtype).removeprefix('torch.')}")
             fn.restype = ctypes.c_double
