@@ -40,9 +40,9 @@ _SCHEDULE_KEYS = ("rho_0", "total_steps", "alpha", "schedule", "hot_steps")
 # the schedule position and the temperature window.
 _GROUP_STATE = ("step", "temperature_start", "temperature_sum", "temperature_count")
 _STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Parameters of these exact types need neither a DTensor's local view (checked per step).
+# Parameters of these exact types are plain tensors: no DTensor shard to take (a cheap test
+# per parameter and step).
 _PLAIN_TENSORS = frozenset({Tensor, torch.nn.Parameter})
-
 
 
 class StepOptions(NamedTuple):
@@ -96,8 +96,8 @@ class CoolMomentum(Optimizer):
             there, without reading anything back to the host, so that ``step()`` can be
             captured in a CUDA graph.
         track_temperature: accumulate the temperature reported by :meth:`stats` (on the
-            device, without synchronizing). The fused step sums it in the same pass, at no
-            extra memory traffic; the other paths read the buffers once more.
+            device, without synchronizing). The fused CPU kernel sums it in the same pass, at
+            no extra memory traffic; the other paths read the buffers once more.
         temperature_every: measure the temperature on every this many steps only (steps
             ``k`` with ``k % temperature_every == 0``): the window's temperature is then the
             mean over its measured steps, an estimate of the mean over all its steps, and
