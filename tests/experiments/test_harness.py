@@ -389,6 +389,8 @@ def test_flags_and_set_values_are_parsed_by_the_settings_types(data_dir, tmp_pat
     with pytest.raises(SystemExit):
         run_cli(*base, "--mean", "a,b")
     assert "expected comma-separated numbers" in capsys.readouterr().err
+    assert run_cli(*base, "--mean", "0.1,0.2") == 2
+    assert "--mean gives 2 values for 1-channel images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_cli(*base, "--schedule", "cosine")
     assert "invalid choice: 'cosine'" in capsys.readouterr().err

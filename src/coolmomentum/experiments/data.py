@@ -147,6 +147,13 @@ class InMemoryData:
             self.mean: Tensor | list[float] = augment.pixel_mean(self.ds.train_x)
             self.std: Tensor | list[float] | None = None
         else:
+            for name in ("mean", "std"):
+                given = getattr(config, name)
+                if given is not None and len(given) != ds.in_channels:
+                    raise ConfigError(
+                        f"--{name} gives {len(given)} values for {ds.in_channels}-channel "
+                        f"images: give one per channel"
+                    )
             mean, std = augment.channel_stats(self.ds.train_x)
             self.mean = config.mean if config.mean is not None else mean
             self.std = config.std if config.std is not None else std

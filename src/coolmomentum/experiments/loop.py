@@ -240,10 +240,13 @@ def train(
         stops = stop_steps(
             start, last_step, steps_per_epoch, config.eval_every_steps, config.checkpoint_every
         )
-        for stop, evaluated in stops:
+        for i, (stop, evaluated) in enumerate(stops):
+            record_end = next(s for s, evaluates in stops[i:] if evaluates)
             while run.step < stop:
                 bar = _progress(show, stop - run.step, f"{spec.label} {run.step}->{stop}")
-                preempted = _train_until(run, forward, data, config, stop, control, bar)
+                preempted = _train_until(
+                    run, forward, data, config, stop, record_end, control, bar
+                )
                 if preempted or run.step < stop:  # stopped early: keep the stretch's state
                     _share_stretch(run, world)
                     save()
@@ -337,13 +340,15 @@ def _train_until(
     data: TrainingData,
     config: RunConfig,
     end: int,
+    record_end: int,
     control: Control,
     bar: Any,
 ) -> bool:
     """Train from ``run.step`` towards ``end``, sampling ``lr``, ``rho`` and the temperature
-    every ``config.sample_every_steps`` steps; stops early for a checkpoint due by the clock or
-    a preemption (then returns True). A non-finite loss raises ``ConfigError`` (or, with
-    ``on_nonfinite="skip"``, the step is skipped on every rank)."""
+    every ``config.sample_every_steps`` steps and at ``record_end`` (where the record of the
+    stretch ends: checkpoints in between change nothing). Stops early for a checkpoint due
+    by the clock or a preemption (then returns True). A non-finite loss raises
+    ``ConfigError`` (or, with ``on_nonfinite="skip"``, the step is skipped on every rank)."""
     device, world = data.device, data.world
     steps_per_epoch = data.steps_per_epoch()
     if run.stretch is None:
@@ -384,7 +389,7 @@ def _train_until(
             else:
                 stretch.skipped += 1
             run.step = step + 1
-            if run.step % config.sample_every_steps == 0 or run.step == end:
+            if run.step % config.sample_every_steps == 0 or run.step == record_end:
                 window = run.step - stretch.sampled_at
                 momentum = run.optimizer.momentum(all_reduce=world.active)
                 stretch.samples.append({"step": run.step, "lr": stretch.lr, **momentum,

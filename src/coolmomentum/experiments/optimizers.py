@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from coolmomentum import CoolMomentum
+from coolmomentum import CoolMomentum, weight_decay
 from coolmomentum.schedules import Schedule
 
 from .config import SCHEDULE_FREE, ConfigError, OptimizerSpec, RunConfig, run_steps
@@ -55,21 +55,19 @@ def lr_at(spec: OptimizerSpec, step: int, steps_per_epoch: int, total_steps: int
     return spec.lr * factor
 
 
+# Which parameters ``weight_decay_params`` exempts from weight decay.
+_NO_DECAY = {
+    "conv": lambda module, name, p: not (isinstance(module, nn.Conv2d) and name == "weight"),
+    "no-batchnorm": lambda module, name, p: isinstance(module, nn.modules.batchnorm._BatchNorm),
+}
+
+
 def param_groups(model: nn.Module, spec: OptimizerSpec, which: str) -> list[dict[str, Any]]:
     """Parameters split by whether weight decay applies: ``which="conv"``: conv kernels only;
-    ``"no-batchnorm"``: every parameter but batch norm's scales and shifts."""
+    ``"no-batchnorm"``: every parameter but batch norm's scales and shifts; ``"all"``: all."""
     if which == "all" or not spec.weight_decay:
         return [{"params": list(model.parameters())}]
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if which == "conv":
-                decayed = isinstance(module, nn.Conv2d) and name == "weight"
-            else:
-                decayed = not isinstance(module, nn.modules.batchnorm._BatchNorm)
-            (decay if decayed else no_decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return weight_decay.param_groups(model, spec.weight_decay, _NO_DECAY[which])
 
 
 @dataclass(frozen=True)
