@@ -1,6 +1,8 @@
 """The fused step: the C kernel on the CPU, PyTorch's fused SGD kernel where it is not built."""
 
 import io
+import os
+import shutil
 
 import pytest
 import torch
@@ -122,6 +124,9 @@ def test_tracking_the_temperature_changes_no_update():
     assert all(t > 0 for t in temps) and none == [None] * len(none)
 
 
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler to build the kernel"
+)
 def test_the_kernel_is_built_once_and_a_changing_rho_rebuilds_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("COOLMOMENTUM_CACHE_DIR", str(tmp_path))
     builds = []
