@@ -54,9 +54,13 @@ def reference_trajectory(
     weight_decay: float = 0.0,
     decoupled: bool = False,
 ) -> tuple[np.ndarray, list[float]]:
-    """Parameters after every step (``num_steps x n``) and the mean of ``v**2`` per step."""
+    """Parameters after every step (``num_steps x n``) and the mean of ``v**2`` per step.
+
+    The momentum ``b = v / lr`` carries no learning rate, so a change of ``lr`` rescales the
+    velocity as SGD's: ``b_k = rho_k b_{k-1} - (1 + rho_k) / 2 g_k``, ``x += lr_k b_k``.
+    """
     x = X0.copy()
-    v = np.zeros_like(x)
+    b = np.zeros_like(x)
     xs, mean_sq = [], []
     for k in range(num_steps):
         lr_k = lr(k) if callable(lr) else lr
@@ -66,7 +70,8 @@ def reference_trajectory(
         elif weight_decay:
             g = g + weight_decay * x
         r = rho(k)
-        v = r * v - lr_k * (1 + r) / 2 * g
+        b = r * b - (1 + r) / 2 * g
+        v = lr_k * b
         x = x + v
         xs.append(x)
         mean_sq.append(float(np.mean(v**2)))
@@ -95,6 +100,18 @@ def torch_trajectory(
         opt.step()
         xs.append(x.detach().numpy().copy())
     return np.array(xs)
+
+
+def empty_window(rho: float) -> dict:
+    """The statistics every port reports before its first step."""
+    return {
+        "step": 0,
+        "rho": rho,
+        "temperature": None,
+        "temperature_sum": 0.0,
+        "temperature_count": 0,
+        "temperature_steps": 0,
+    }
 
 
 def callable_rho(step):

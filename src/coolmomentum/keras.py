@@ -1,12 +1,15 @@
 """CoolMomentum as a Keras 3 optimizer, for every Keras backend.
 
-Per model variable, at step ``k`` (``optimizer.iterations``, counted from 0)::
+Per model variable, at step ``k`` (``optimizer.iterations``, counted from 0), with ``b`` the
+momentum::
 
-    v_k     = rho_k * v_{k-1} - lr * (1 + rho_k) / 2 * g_k      (v_{-1} = 0)
-    x_{k+1} = x_k + v_k
+    b_k     = rho_k * b_{k-1} - (1 + rho_k) / 2 * g_k      (b_{-1} = 0)
+    x_{k+1} = x_k + lr_k * b_k
 
 with ``rho_k`` from :mod:`coolmomentum.schedules`, evaluated with ``keras.ops`` on the
-optimizer's own step counter, so that it is saved and restored with the optimizer.
+optimizer's own step counter, so that it is saved and restored with the optimizer. The
+velocity ``v_k = lr_k * b_k`` follows a learning-rate schedule as SGD's does; this is the
+rule of :class:`coolmomentum.torch.CoolMomentum`, step for step.
 
 Usage::
 
@@ -25,6 +28,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from . import _stats
 from ._numbers import check_number, is_number, schedule_float
 from .schedules import RhoFn, Schedule
 
@@ -57,8 +61,8 @@ class CoolMomentum(keras.optimizers.Optimizer):
             before the step), ``use_ema``, ``gradient_accumulation_steps``, ...).
 
     The schedule position is ``self.iterations`` (with gradient accumulation, the number of
-    real updates). It, the velocities and the temperature window are optimizer variables,
-    so a model saved to ``.keras`` and loaded continues where it stopped.
+    real updates). It, the momentum buffers and the temperature window are optimizer
+    variables, so a model saved to ``.keras`` and loaded continues where it stopped.
     """
 
     def __init__(
@@ -90,15 +94,18 @@ class CoolMomentum(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        self._velocities = self.add_optimizer_variables(variables, "velocity")
+        self._momentums = self.add_optimizer_variables(variables, "momentum")
         # The temperature is a mean over all the elements the optimizer updates.
         self._num_elements = sum(
             math.prod(v.shape)
-            for v, velocity in zip(variables, self._velocities, strict=True)
-            if velocity is not None
+            for v, momentum in zip(variables, self._momentums, strict=True)
+            if momentum is not None
         )
         self._temperature_sum = self.add_variable(
-            (), dtype="float32", name="temperature_sum", aggregation="only_first_replica"
+            (),
+            dtype=schedule_float(keras.backend.backend()),
+            name="temperature_sum",
+            aggregation="only_first_replica",
         )
         self._temperature_start = self.add_variable(
             (), dtype="int", name="temperature_start", aggregation="only_first_replica"
@@ -111,39 +118,44 @@ class CoolMomentum(keras.optimizers.Optimizer):
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         rho = self.rho()
-        coef = ops.cast(learning_rate, schedule_float(keras.backend.backend())) * (1.0 + rho) / 2.0
-        velocity = self._velocities[self._get_variable_index(variable)]
-        new_velocity = ops.subtract(
-            ops.multiply(velocity, ops.cast(rho, variable.dtype)),
-            ops.multiply(ops.cast(gradient, variable.dtype), ops.cast(coef, variable.dtype)),
+        momentum = self._momentums[self._get_variable_index(variable)]
+        dtype = variable.dtype
+        new_momentum = ops.subtract(
+            ops.multiply(momentum, ops.cast(rho, dtype)),
+            ops.multiply(ops.cast(gradient, dtype), ops.cast((1.0 + rho) / 2.0, dtype)),
         )
-        self.assign(velocity, new_velocity)
-        self.assign_add(variable, new_velocity)
+        velocity = ops.multiply(new_momentum, ops.cast(learning_rate, dtype))
+        self.assign(momentum, new_momentum)
+        self.assign_add(variable, velocity)
         if self.track_temperature and self._num_elements:
-            sq = ops.sum(ops.square(ops.cast(new_velocity, "float32")))
-            self.assign_add(self._temperature_sum, sq / self._num_elements)
+            acc = self._temperature_sum.dtype
+            self.assign_add(self._temperature_sum, ops.sum(ops.square(ops.cast(velocity, acc))))
 
     def stats(self, reset: bool = True) -> dict[str, Any]:
-        """``step``, ``rho`` (of the latest step), ``temperature`` and ``temperature_steps``.
+        """The statistics every port reports: ``step``, ``rho`` (of the latest step),
+        ``temperature``, ``temperature_sum``, ``temperature_count`` and ``temperature_steps``.
 
-        ``temperature`` is the mean over all updated elements of ``v**2``, averaged over the
-        steps since the previous call with ``reset=True`` (``None`` when none were taken or
-        tracking is off). Call it outside compiled code, e.g. from a callback.
+        ``temperature`` is the mean of ``v**2`` over all updated elements and over the steps
+        since the previous call with ``reset=True`` (``None`` when none were taken or
+        tracking is off); ``temperature_sum`` and ``temperature_count`` are that sum and the
+        number of element-steps it covers. Call it outside compiled code, e.g. from a
+        callback.
         """
         step = int(keras.ops.convert_to_numpy(self.iterations))
         rho = float(self._schedule(max(step - 1, 0)))
         if not self.built:
-            return {"step": step, "rho": rho, "temperature": None, "temperature_steps": 0}
+            return _stats.window(step, rho, 0.0, 0, 0)
         window = step - int(keras.ops.convert_to_numpy(self._temperature_start))
-        temperature = None
-        if self.track_temperature and window > 0:
-            temperature = float(keras.ops.convert_to_numpy(self._temperature_sum)) / window
+        total, count = 0.0, 0
+        if self.track_temperature:
+            total = float(keras.ops.convert_to_numpy(self._temperature_sum))
+            count = window * self._num_elements
         if reset:
             # Fresh values, never the iterations buffer itself: a jitted train step donates
             # every optimizer variable's buffer, and one buffer may not be donated twice.
             self._temperature_sum.assign(0.0)
             self._temperature_start.assign(step)
-        return {"step": step, "rho": rho, "temperature": temperature, "temperature_steps": window}
+        return _stats.window(step, rho, total, count, window)
 
     def get_config(self) -> dict[str, Any]:
         if callable(self.schedule):

@@ -1,17 +1,16 @@
 """CoolMomentum for JAX, as optax gradient transformations.
 
-Per leaf of the parameter pytree, at step ``k`` (counted from 0)::
+Per leaf of the parameter pytree, at step ``k`` (counted from 0), with ``b`` the momentum::
 
-    v_k     = rho_k * v_{k-1} - lr_k * (1 + rho_k) / 2 * g_k      (v_{-1} = 0)
-    x_{k+1} = x_k + v_k
+    b_k     = rho_k * b_{k-1} - (1 + rho_k) / 2 * g_k      (b_{-1} = 0)
+    x_{k+1} = x_k + lr_k * b_k
 
-with ``rho_k`` from :mod:`coolmomentum.schedules`. The velocity ``v`` carries the learning
-rate of every earlier step, so the learning rate has to enter the recurrence: unlike optax's
-``scale_by_*`` transforms, :func:`scale_by_coolmomentum` takes ``learning_rate`` and its
-output *is* the parameter change ``v_k`` (apply it with ``optax.apply_updates``; do not chain
-``optax.scale_by_learning_rate`` after it). With a constant learning rate this is the same as
-keeping the velocity in units of ``lr`` and scaling at the end; with an optax schedule only
-the recurrence above matches :class:`coolmomentum.torch.CoolMomentum` step for step.
+with ``rho_k`` from :mod:`coolmomentum.schedules`: the same rule as
+:class:`coolmomentum.torch.CoolMomentum`, step for step, also under a learning-rate
+schedule (the velocity ``v_k = lr_k * b_k`` follows a change of ``lr`` as SGD's does). The
+temperature is a property of ``v``, so :func:`scale_by_coolmomentum` takes
+``learning_rate`` and its output *is* the parameter change ``v_k``, signs included (apply it
+with ``optax.apply_updates``; do not chain ``optax.scale_by_learning_rate`` after it).
 
 Usage::
 
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import _stats
 from ._numbers import check_number, is_number, schedule_float
 from .schedules import RhoFn, Schedule
 
@@ -56,15 +56,17 @@ class CoolMomentumState(NamedTuple):
 
     Attributes:
         count: steps taken (int32); the schedule position of the next step.
-        velocity: ``v``, a pytree like the parameters, each leaf in its parameter's dtype.
+        momentum: ``b = v / lr``, a pytree like the parameters, each leaf in its parameter's
+            dtype.
         rho: the ``rho`` of the latest step (``rho_0`` before the first).
-        temperature_sum: the sum, over the steps of the current window, of the mean over
-            all elements of ``v**2``.
-        temperature_steps: the number of steps in the current window (int32).
+        temperature_sum: the sum of ``v**2`` over the elements and the steps of the current
+            window.
+        temperature_steps: the number of steps in the current window (int32); times the
+            number of elements, the count of that sum.
     """
 
     count: jax.Array  # type: ignore[assignment]  # optax's name; shadows tuple.count
-    velocity: optax.Updates
+    momentum: optax.Updates
     rho: jax.Array
     temperature_sum: jax.Array
     temperature_steps: jax.Array
@@ -91,6 +93,15 @@ def _build_schedule(
 
 def _value_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> Any:
     return learning_rate(count) if callable(learning_rate) else learning_rate
+
+
+def _compute_dtypes(leaf: jax.Array) -> tuple[Any, Any]:
+    """The dtype a leaf is updated in (at least float32) and its real counterpart.
+
+    Low-precision leaves are updated in float32 and stored back in their dtype.
+    """
+    dtype = jnp.promote_types(leaf.dtype, jnp.float32)
+    return dtype, jnp.finfo(dtype).dtype  # float32 for complex64 too
 
 
 def _sum_of_squares(v: jax.Array, dtype: Any) -> jax.Array:
@@ -133,7 +144,7 @@ def scale_by_coolmomentum(
         track_temperature: accumulate the temperature read by :func:`read_stats`
             (one reduction per leaf per step); ``False`` skips it.
 
-    ``rho`` is computed in float32, or float64 when ``jax_enable_x64`` is on; each velocity
+    ``rho`` is computed in float32, or float64 when ``jax_enable_x64`` is on; each momentum
     leaf is kept in its parameter's dtype and updated in at least float32. Arguments that
     are out of range raise ``ValueError``.
     """
@@ -153,7 +164,7 @@ def scale_by_coolmomentum(
         count = jnp.zeros([], jnp.int32)
         return CoolMomentumState(
             count=count,
-            velocity=jax.tree.map(jnp.zeros_like, params),
+            momentum=jax.tree.map(jnp.zeros_like, params),
             rho=rho_at(count),
             temperature_sum=jnp.zeros([], dtype),
             temperature_steps=jnp.zeros([], jnp.int32),
@@ -164,28 +175,29 @@ def scale_by_coolmomentum(
     ) -> tuple[optax.Updates, CoolMomentumState]:
         del params
         rho = rho_at(state.count)
-        coef = _value_at(learning_rate, state.count) * (1 + rho) / 2
+        lr = _value_at(learning_rate, state.count)
 
-        def step(grad: jax.Array, velocity: jax.Array) -> jax.Array:
-            # Low-precision leaves are updated in float32 and stored back in their dtype.
-            dtype = jnp.promote_types(velocity.dtype, jnp.float32)
-            real = jnp.finfo(dtype).dtype  # float32 for complex64 too
-            rho_k, coef_k = rho.astype(real), jnp.asarray(coef, real)
-            new = rho_k * velocity.astype(dtype) - coef_k * grad.astype(dtype)
-            return new.astype(velocity.dtype)
+        def step(grad: jax.Array, momentum: jax.Array) -> jax.Array:
+            dtype, real = _compute_dtypes(momentum)
+            rho_k = rho.astype(real)
+            new = rho_k * momentum.astype(dtype) - (1 + rho_k) / 2 * grad.astype(dtype)
+            return new.astype(momentum.dtype)
 
-        velocity = jax.tree.map(step, updates, state.velocity)
+        def velocity_of(momentum: jax.Array) -> jax.Array:
+            dtype, real = _compute_dtypes(momentum)
+            return (jnp.asarray(lr, real) * momentum.astype(dtype)).astype(momentum.dtype)
+
+        momentum = jax.tree.map(step, updates, state.momentum)
+        velocity = jax.tree.map(velocity_of, momentum)
         temperature_sum, temperature_steps = state.temperature_sum, state.temperature_steps
         leaves = jax.tree.leaves(velocity)
-        size = sum(_real_size(v) for v in leaves)
-        if track_temperature and size:
+        if track_temperature and sum(_real_size(v) for v in leaves) > 0:
             acc = temperature_sum.dtype
-            mean_sq = sum(_sum_of_squares(v, acc) for v in leaves) / size
-            temperature_sum = temperature_sum + mean_sq
+            temperature_sum = temperature_sum + sum(_sum_of_squares(v, acc) for v in leaves)
             temperature_steps = optax.safe_increment(temperature_steps)
         new_state = CoolMomentumState(
             count=optax.safe_increment(state.count),
-            velocity=velocity,
+            momentum=momentum,
             rho=rho,
             temperature_sum=temperature_sum,
             temperature_steps=temperature_steps,
@@ -288,15 +300,16 @@ def _find_states(state: Any) -> list[CoolMomentumState]:
 
 
 def read_stats(state: Any) -> dict[str, Any]:
-    """Step, ``rho`` and temperature of the CoolMomentum state inside ``state``, as Python values.
+    """The statistics of the CoolMomentum state inside ``state``, as Python values.
 
     ``state`` is the optimizer state of :func:`coolmomentum` or of any optax wrapper around it
-    (``chain``, ``MultiSteps``, ``inject_hyperparams``, ...). Returns a dict with ``step`` (the
-    number of steps taken), ``rho`` (of the latest step; ``rho_0`` before the first),
-    ``temperature`` (the mean over all elements of ``v**2``, averaged over the steps of the
-    window since the last :func:`reset_temperature`; ``None`` when the window is empty or
-    tracking is off) and ``temperature_steps``. This reads device values (it synchronizes);
-    call it outside ``jit``.
+    (``chain``, ``MultiSteps``, ``inject_hyperparams``, ...). Returns the dict every port
+    returns: ``step`` (the number of steps taken), ``rho`` (of the latest step; ``rho_0``
+    before the first), ``temperature`` (the mean of ``v**2`` over all elements and the steps
+    of the window since the last :func:`reset_temperature`; ``None`` when the window is
+    empty or tracking is off), ``temperature_sum`` and ``temperature_count`` (that sum and
+    the number of element-steps it covers) and ``temperature_steps``. This reads device
+    values (it synchronizes); call it outside ``jit``.
     """
     found = _find_states(state)
     if len(found) != 1:
@@ -306,12 +319,8 @@ def read_stats(state: Any) -> dict[str, Any]:
         )
     s = jax.device_get(found[0])
     steps = int(s.temperature_steps)
-    return {
-        "step": int(s.count),
-        "rho": float(s.rho),
-        "temperature": float(s.temperature_sum) / steps if steps else None,
-        "temperature_steps": steps,
-    }
+    size = sum(_real_size(m) for m in jax.tree.leaves(s.momentum))
+    return _stats.window(int(s.count), float(s.rho), float(s.temperature_sum), steps * size, steps)
 
 
 def reset_temperature(state: Any) -> Any:

@@ -1,23 +1,35 @@
 """CoolMomentum as a ``torch.optim.Optimizer``.
 
-Per parameter tensor, at optimizer step ``k`` (counted from 0)::
+Per parameter tensor, at optimizer step ``k`` (counted from 0), with ``b`` the momentum
+buffer::
 
-    v_k     = rho_k * v_{k-1} - lr * (1 + rho_k) / 2 * g_k      (v_{-1} = 0)
-    x_{k+1} = x_k + v_k
+    b_k     = rho_k * b_{k-1} - (1 + rho_k) / 2 * g_k      (b_{-1} = 0)
+    x_{k+1} = x_k + lr_k * b_k
 
-with ``rho_k`` from :mod:`coolmomentum.schedules`. At a constant ``rho`` this is exactly
-``torch.optim.SGD(lr=lr * (1 + rho) / 2, momentum=rho)``.
+with ``rho_k`` from :mod:`coolmomentum.schedules`. The parameter change is the velocity
+``v_k = lr_k * b_k``; at a constant ``lr`` this is the paper's rule
+``v_k = rho_k * v_{k-1} - lr * (1 + rho_k) / 2 * g_k``. When a scheduler changes ``lr``, the
+velocity changes with it (``v`` is rescaled by ``lr_k / lr_{k-1}``), as SGD's does: at a
+constant ``rho`` this is exactly ``torch.optim.SGD(lr=lr * (1 + rho) / 2, momentum=rho)``
+under any learning-rate schedule.
+
+Three implementations of the same step: a single-tensor reference loop, multi-tensor
+(``foreach``) kernels, and a fused one-pass kernel that also sums ``b**2`` for the
+temperature in the same loop (:mod:`coolmomentum._fused_cpu` on the CPU; PyTorch's fused SGD
+kernel, under the change of variables above, elsewhere).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
+from . import _fused_cpu, _stats
 from ._numbers import check_number, schedule_float
 from .schedules import RhoFn, Schedule
 
@@ -27,10 +39,24 @@ _SCHEDULE_KEYS = ("rho_0", "total_steps", "alpha", "schedule", "hot_steps")
 # Per-group tensors that live in ``param_groups`` (and so in ``state_dict()["param_groups"]``):
 # the schedule position and the temperature window.
 _GROUP_STATE = ("step", "temperature_start", "temperature_sum", "temperature_count")
+_STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Parameters of these exact types are plain tensors: no DTensor shard to take (a cheap test
+# per parameter and step).
+_PLAIN_TENSORS = frozenset({Tensor, torch.nn.Parameter})
 
 
-def _schedule(group: dict[str, Any]) -> Schedule:
-    return Schedule.create(**{key: group[key] for key in _SCHEDULE_KEYS})
+class StepOptions(NamedTuple):
+    """A group's options that every implementation of the step takes."""
+
+    weight_decay: float
+    decoupled_weight_decay: bool
+    maximize: bool
+    track_temperature: bool
+
+
+UpdateFn = Callable[
+    [list[Tensor], list[Tensor], list[Tensor], Any, Any, StepOptions], "Tensor | None"
+]
 
 
 class CoolMomentum(Optimizer):
@@ -39,8 +65,10 @@ class CoolMomentum(Optimizer):
     Args:
         params: parameters or param groups; every argument below can differ per group, and
             each group follows its own schedule.
-        lr: the integration step ``dt**2`` (float or 0-d tensor). The effective SGD step is
-            ``lr * (1 + rho) / 2``: ``lr`` at the start, ``lr / 2`` when cooled.
+        lr: the integration step ``dt**2`` (a float or a one-element tensor). The effective
+            SGD step is ``lr * (1 + rho) / 2``: ``lr`` at the start, ``lr / 2`` when cooled.
+            A learning-rate scheduler may change it between steps: the velocity follows, as
+            SGD's does (see the module docstring).
         rho_0: initial momentum coefficient, in ``[0, 1)``.
         total_steps: ``S``, the number of cooling steps; after ``hot_steps + S`` steps
             ``rho`` is 0 for good. Needed by every schedule but ``"constant"`` and callables.
@@ -56,14 +84,31 @@ class CoolMomentum(Optimizer):
             paper's code; with ``decoupled_weight_decay=True`` the weights are shrunk instead
             (``x *= 1 - lr * weight_decay``), as AdamW does.
         maximize: ascend the objective instead of descending it.
-        foreach: use the multi-tensor kernels (default); ``False`` runs the reference loop.
+        foreach: ``True`` for the multi-tensor kernels, ``False`` for the single-tensor
+            reference loop. Default: the fused step for CPU parameters, foreach elsewhere.
+        fused: ``True`` for the one-pass step (CPU, CUDA and the other devices with PyTorch's
+            fused kernels; not with ``foreach=True``, ``capturable=True`` or a
+            ``state_dtype`` wider than a parameter's dtype). On the CPU it is a small C
+            kernel built on first use with the system's C compiler (well under a second;
+            cached); without a compiler, PyTorch's fused SGD kernel runs it. Eager steps only:
+            under ``torch.compile`` the multi-tensor arithmetic is compiled instead.
         capturable: keep the schedule position on the parameters' device and compute ``rho``
-            there, so that ``step()`` can be captured in a CUDA graph.
+            there, without reading anything back to the host, so that ``step()`` can be
+            captured in a CUDA graph.
         track_temperature: accumulate the temperature reported by :meth:`stats` (on the
-            device, without synchronizing); ``False`` saves a reduction per step.
-        noise_std: standard deviation of Gaussian noise added to every gradient element
+            device, without synchronizing). The fused CPU kernel sums it in the same pass, at
+            no extra memory traffic; the other paths read the buffers once more.
+        temperature_every: measure the temperature on every this many steps only (steps
+            ``k`` with ``k % temperature_every == 0``): the window's temperature is then the
+            mean over its measured steps, an estimate of the mean over all its steps, and
+            the extra read of the foreach and single-tensor paths is paid once per
+            ``temperature_every`` steps. Default 1: every step, exact.
+        noise_std: standard deviation of Gaussian noise added to every real gradient element
             before the update: the random force of Langevin dynamics, for full-batch
             (deterministic) objectives that have no minibatch noise. Default 0.
+        state_dtype: keep the momentum buffers in at least this floating dtype (e.g.
+            ``torch.float32`` for ``bfloat16`` parameters, so that small updates are not lost
+            in the buffer); default: each parameter's dtype.
         generator: the ``torch.Generator`` the noise is drawn from, on the parameters'
             device; by default one per device, seeded from ``torch.initial_seed()``. The
             generators' states are saved by ``state_dict()``.
@@ -77,10 +122,15 @@ class CoolMomentum(Optimizer):
     effect on CoolMomentum (``rho`` follows the cooling schedule); pass
     ``cycle_momentum=False``.
 
+    The schedule arguments of a group are validated when the group is added (and when a
+    ``state_dict`` is loaded); a group whose schedule arguments are edited later is
+    validated again at its next step.
+
     The step count, the schedule position and the temperature window are saved by
     ``state_dict()``; a run resumed from it continues exactly, and the saved dict loads with
     ``torch.load(..., weights_only=True)``. The schedule counts calls to ``step()``, including
-    those in which a group had no gradients.
+    those in which a group had no gradients; a step that ``torch.amp.GradScaler`` skips (its
+    gradients overflowed) does not call ``step()`` and so does not advance the schedule.
     """
 
     def __init__(
@@ -97,9 +147,12 @@ class CoolMomentum(Optimizer):
         decoupled_weight_decay: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         capturable: bool = False,
         track_temperature: bool = True,
+        temperature_every: int = 1,
         noise_std: float = 0.0,
+        state_dtype: torch.dtype | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         defaults = dict(
@@ -113,9 +166,12 @@ class CoolMomentum(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
             capturable=capturable,
             track_temperature=track_temperature,
+            temperature_every=temperature_every,
             noise_std=noise_std,
+            state_dtype=state_dtype,
             # A read-only mirror of rho for tools that look for SGD's key (e.g. Lightning's
             # LearningRateMonitor(log_momentum=True) checks that the defaults name it); each
             # group holds its own value, set in add_param_group and after every step.
@@ -124,6 +180,8 @@ class CoolMomentum(Optimizer):
         self._generators: dict[str, torch.Generator] = {}
         if generator is not None:
             self._generators[str(generator.device)] = generator
+        # Validated schedules by their arguments: built once per group, looked up per step.
+        self._schedules: dict[tuple[Any, ...], Schedule] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -141,8 +199,7 @@ class CoolMomentum(Optimizer):
             raise
         group["momentum"] = self._latest_rho(group)
 
-    @staticmethod
-    def _check_group(group: dict[str, Any]) -> None:
+    def _check_group(self, group: dict[str, Any]) -> None:
         lr = group["lr"]
         if isinstance(lr, Tensor):
             if lr.numel() != 1:
@@ -153,10 +210,33 @@ class CoolMomentum(Optimizer):
             check_number("lr", lr, hint=" (the step dt**2, e.g. 0.01)")
         for key in ("weight_decay", "noise_std"):
             check_number(key, group[key])
-        _schedule(group)  # raises ValueError naming the bad schedule argument
+        every = group["temperature_every"]
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"temperature_every must be an integer >= 1, got {every!r}")
+        self._schedule(group)  # raises ValueError naming the bad schedule argument
         for key in _GROUP_STATE:
             if key in group and not isinstance(group[key], Tensor):
                 raise ValueError(f"param group key {key!r} is reserved for the optimizer's state")
+        state_dtype = group["state_dtype"]
+        if state_dtype is not None and state_dtype not in _STATE_DTYPES:
+            names = ", ".join(map(str, _STATE_DTYPES))
+            raise ValueError(
+                f"state_dtype must be None or a floating dtype ({names}), got {state_dtype!r}"
+            )
+        if group["fused"]:
+            _check_fused(group)
+
+    def _schedule(self, group: dict[str, Any]) -> Schedule:
+        """The group's validated schedule, built the first time its arguments are seen."""
+        args = tuple(group[key] for key in _SCHEDULE_KEYS)
+        try:
+            schedule = self._schedules.get(args)
+        except TypeError:  # an unhashable callable schedule: nothing to look up
+            return Schedule.create(*args)
+        if schedule is None:
+            schedule = Schedule.create(*args)
+            self._schedules[args] = schedule
+        return schedule
 
     def _init_group_state(self, group: dict[str, Any]) -> None:
         """Create (or move to the right device) the group's step and temperature tensors.
@@ -196,6 +276,14 @@ class CoolMomentum(Optimizer):
                     "this state_dict was saved with a callable schedule, which is not saved; "
                     "construct the optimizer with the same callable (schedule=...), then load"
                 )
+        # torch.optim casts every floating state tensor to its parameter's dtype; buffers kept
+        # wider than their parameter (state_dtype) are taken from the saved dict instead.
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        saved_buffers = {
+            p: state_dict["state"][i]["momentum_buffer"]
+            for i, p in zip(saved_ids, (p for g in self.param_groups for p in g["params"]))
+            if "momentum_buffer" in state_dict["state"].get(i, {})
+        }
         generator_states = state_dict.get("noise_generators", {})
         super().load_state_dict(state_dict)
         for device, rng_state in generator_states.items():
@@ -203,14 +291,18 @@ class CoolMomentum(Optimizer):
         for group, mine in zip(self.param_groups, callables, strict=False):
             if group["schedule"] is None:
                 group["schedule"] = mine
+            self._check_group(group)
             self._init_group_state(group)
             group["momentum"] = self._latest_rho(group)
+            for p in group["params"]:
+                wanted = _buffer_dtype(p, group)
+                if p in saved_buffers and wanted != p.dtype:
+                    self.state[p]["momentum_buffer"] = saved_buffers[p].to(p.device, wanted)
 
-    @staticmethod
-    def _latest_rho(group: dict[str, Any]) -> float:
+    def _latest_rho(self, group: dict[str, Any]) -> float:
         """The ``rho`` of the group's latest step (``rho_0`` before the first), as a float."""
         step = int(group["step"].item()) if "step" in group else 0
-        return float(_schedule(group)(max(step - 1, 0)))
+        return float(self._schedule(group)(max(step - 1, 0)))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -232,130 +324,199 @@ class CoolMomentum(Optimizer):
         for group in self.param_groups:
             if "step" not in group:
                 self._init_group_state(group)
-            params: list[Tensor] = []
-            grads: list[Tensor] = []
-            bufs: list[Tensor] = []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(
-                        "CoolMomentum does not support sparse gradients; use a dense "
-                        "embedding (sparse=False) or torch.optim.SparseAdam for it"
-                    )
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                # DTensor (FSDP2, tensor parallel) shards are updated in place, locally.
-                params.append(_local(p))
-                grads.append(_local(p.grad))
-                bufs.append(_local(state["momentum_buffer"]))
-
+            params, grads, bufs = self._gather(group)
             if group["noise_std"]:
-                # Drawn tensor by tensor in parameter order, so every path sees the same noise.
+                # Drawn on the real view, tensor by tensor in parameter order, so that complex
+                # parameters behave as pairs of reals and every path sees the same noise.
                 std = group["noise_std"]
                 grads = [
                     torch.randn_like(g, generator=self._generator(g.device)).mul_(std).add_(g)
                     for g in grads
                 ]
             step = group["step"]
-            rho, coef = self._coefficients(group, step)
-            update = _foreach_update if group["foreach"] is not False else _single_tensor_update
-            sq_norm = update(
-                params,
-                grads,
-                bufs,
-                rho=rho,
-                coef=coef,
-                lr=group["lr"],
-                weight_decay=group["weight_decay"],
-                decoupled_weight_decay=group["decoupled_weight_decay"],
-                maximize=group["maximize"],
-                track_temperature=group["track_temperature"],
+            rho, lr, measured = self._coefficients(group, step)
+            options = StepOptions(
+                group["weight_decay"],
+                group["decoupled_weight_decay"],
+                group["maximize"],
+                track_temperature=measured is not False,
             )
-            if sq_norm is not None:
-                # Sums of v**2 and of element counts: their ratio is the mean, on one rank or,
-                # after summing over ranks, over every shard (stats(all_reduce=True)).
+            sq_sum = _choose_update(group)(params, grads, bufs, rho, lr, options)
+            if sq_sum is not None:
+                # Sums of v**2 = (lr b)**2 and of element counts: their ratio is the mean, on
+                # one rank or, after summing over ranks, over every shard.
                 acc = group["temperature_sum"]
-                acc.add_(sq_norm.to(device=acc.device, dtype=acc.dtype))
-                group["temperature_count"].add_(sum(t.numel() for t in _as_real(params)))
+                count: int | Tensor = sum(t.numel() for t in params)
+                lr_sq = _scalar(lr * lr, acc) if isinstance(lr, Tensor) else lr * lr
+                sq_sum = sq_sum.to(device=acc.device, dtype=acc.dtype) * lr_sq
+                if isinstance(measured, Tensor):  # computed on every step, kept on some
+                    sq_sum, count = sq_sum * measured, measured * count
+                acc.add_(sq_sum)
+                group["temperature_count"].add_(count)
             step.add_(1)
             group["momentum"] = rho
         return loss
 
-    @staticmethod
-    def _coefficients(group: dict[str, Any], step: Tensor) -> tuple[Any, Any]:
-        """``rho_k`` and ``lr * (1 + rho_k) / 2``: Python floats in eager mode, else tensors."""
-        schedule = _schedule(group)
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Real views of the parameters that have gradients, their gradients and buffers."""
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        bufs: list[Tensor] = []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                raise RuntimeError(
+                    "CoolMomentum does not support sparse gradients; use a dense "
+                    "embedding (sparse=False) or torch.optim.SparseAdam for it"
+                )
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = torch.zeros_like(
+                    p, dtype=_buffer_dtype(p, group), memory_format=torch.preserve_format
+                )
+            if type(p) not in _PLAIN_TENSORS or p.is_complex():
+                # DTensor (FSDP2, tensor parallel) shards are updated in place, locally;
+                # complex tensors as pairs of reals.
+                p, grad, buf = (_as_real(_local(t)) for t in (p, grad, buf))
+            params.append(p)
+            grads.append(grad)
+            bufs.append(buf)
+        return params, grads, bufs
+
+    def _coefficients(self, group: dict[str, Any], step: Tensor) -> tuple[Any, Any, Any]:
+        """``rho_k``, ``lr`` and whether this step's temperature is measured.
+
+        Python values in eager mode; without host reads (capturable, compiled), ``rho`` is
+        a 0-d tensor, and so is the measurement flag when only some steps are measured.
+        """
+        schedule = self._schedule(group)
         lr = group["lr"]
+        every = group["temperature_every"]
         if group["capturable"] or torch.compiler.is_compiling():
             real = getattr(torch, schedule_float("torch", step.device.type))
             rho = schedule(step.to(real), ops=torch)
-        else:
-            rho = schedule(int(step.item()))  # a CPU tensor: no device synchronization
-            if isinstance(rho, Tensor):  # a callable schedule may return a tensor
-                rho = rho.item()
-        return rho, lr * (1 + rho) / 2
+            measured = group["track_temperature"] and (every == 1 or step % every == 0)
+            return rho, lr.reshape(()) if isinstance(lr, Tensor) else lr, measured
+        k = int(step.item())  # a CPU tensor: no device synchronization
+        rho = schedule(k)
+        if isinstance(rho, Tensor):  # a callable schedule may return a tensor
+            rho = rho.item()
+        if isinstance(lr, Tensor):
+            # Any one-element shape; a CPU value is read without synchronizing a device.
+            lr = lr.item() if lr.device.type == "cpu" else lr.reshape(())
+        return rho, lr, group["track_temperature"] and k % every == 0
 
     @torch.no_grad()
     def stats(
         self, reset: bool = True, *, all_reduce: bool = False, process_group: Any = None
     ) -> list[dict[str, Any]]:
-        """One dict per param group: ``step``, ``rho``, ``lr`` and ``temperature``.
+        """The statistics of each param group, one dict per group (the keys of every port).
 
-        ``step`` is the number of steps taken; ``rho`` the coefficient of the latest step
-        (``rho_0`` before the first); ``temperature`` the mean over the group's elements of
-        ``v_k**2``, averaged over the steps since the previous call with ``reset=True``
-        (``None`` when none were taken or tracking is off); ``temperature_steps`` the number
-        of steps in that window. This call synchronizes with the device; ``step()`` never does.
+        Keys: ``step`` (steps taken), ``rho`` (of the latest step; ``rho_0`` before the
+        first), ``lr``, ``temperature`` (the mean of ``v_k**2`` over the group's elements and
+        the steps since the previous call with ``reset=True``; ``None`` when none were taken
+        or tracking is off), ``temperature_sum`` and ``temperature_count`` (the sum of
+        ``v_k**2`` and the number of element-steps it covers: add them up to combine
+        windows, as :meth:`total_stats` does) and ``temperature_steps``. This call
+        synchronizes with the device; ``step()`` never does.
 
         With ``all_reduce=True`` (a collective: every rank of ``process_group``, default the
-        world, must call it) the temperature is the mean over the elements of every rank:
-        over all shards with FSDP2 or ``ZeroRedundancyOptimizer``, and the same value as one
-        rank's with plain data parallelism.
+        world, must call it) the sums are over the elements of every rank: over all shards
+        with FSDP2 or ``ZeroRedundancyOptimizer``; with plain data parallelism, the world
+        size times one rank's, and the same temperature.
 
         With FSDP2 or ``ZeroRedundancyOptimizer`` each rank's window holds sums over its own
         shards, and a sharded (DCP) or consolidated (ZeRO) checkpoint keeps one rank's copy
         of the group state: checkpoint right after a call with ``reset=True`` to carry the
         window exactly.
         """
+        if all_reduce and not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+        ):
+            raise ValueError(
+                "stats(all_reduce=True) sums over the ranks of a process group; "
+                "call torch.distributed.init_process_group() first"
+            )
         out = []
         for group in self.param_groups:
             if "step" not in group:
                 self._init_group_state(group)
             step = int(group["step"].item())
-            rho = self._latest_rho(group)
             window = step - int(group["temperature_start"].item())
             total_t = group["temperature_sum"]
             sums = torch.cat([total_t, group["temperature_count"].to(total_t.dtype).reshape(1)])
             if all_reduce:
-                if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-                    raise ValueError(
-                        "stats(all_reduce=True) sums over the ranks of a process group; "
-                        "call torch.distributed.init_process_group() first"
-                    )
                 torch.distributed.all_reduce(sums, group=process_group)
             total, count = sums.tolist()
-            temperature = None
-            if group["track_temperature"] and window > 0 and count > 0:
-                temperature = total / count
-            lr = group["lr"]
-            out.append(
-                {
-                    "step": step,
-                    "rho": rho,
-                    "lr": float(lr),
-                    "temperature": temperature,
-                    "temperature_steps": window,
-                }
-            )
+            if not (group["track_temperature"] and window > 0):
+                total, count = 0.0, 0
+            stats = _stats.window(step, self._latest_rho(group), total, int(count), window)
+            out.append({**stats, "lr": float(group["lr"])})
             if reset:
                 group["temperature_sum"].zero_()
                 group["temperature_count"].zero_()
                 group["temperature_start"].copy_(group["step"])
         return out
+
+    def total_stats(
+        self, reset: bool = True, *, all_reduce: bool = False, process_group: Any = None
+    ) -> dict[str, Any]:
+        """The statistics of the whole optimizer: :meth:`stats` combined over the groups.
+
+        ``temperature`` is the element-weighted mean over every group's elements (the groups'
+        ``temperature_sum`` and ``temperature_count`` added up); ``step`` and
+        ``temperature_steps`` are the largest over the groups; ``rho`` is the groups' common
+        ``rho``, ``None`` when they differ. The keys are those of the optax and Keras ports'
+        statistics. Arguments as for :meth:`stats`.
+        """
+        per_group = self.stats(reset, all_reduce=all_reduce, process_group=process_group)
+        return _stats.combine([{k: s[k] for k in _stats.KEYS} for s in per_group])
+
+
+def _check_fused(group: dict[str, Any]) -> None:
+    """Refuse, naming the way out, what the fused step cannot do."""
+    if group["foreach"]:
+        raise ValueError("fused=True and foreach=True cannot be combined; choose one")
+    if group["capturable"]:
+        raise ValueError(
+            "fused=True reads rho on the host; for a capturable step use capturable=True "
+            "with the default (foreach) path"
+        )
+    supported = _get_fused_kernels_supported_devices()
+    for p in group["params"]:
+        if p.device.type not in supported:
+            raise ValueError(
+                f"fused=True needs parameters on a device with fused kernels ({supported}), "
+                f"got {p.device.type}; use foreach=True"
+            )
+        if _buffer_dtype(p, group) != p.dtype:
+            raise ValueError(
+                f"fused=True keeps each momentum buffer in its parameter's dtype; "
+                f"state_dtype={group['state_dtype']} with {p.dtype} parameters needs "
+                f"foreach=True"
+            )
+
+
+def _buffer_dtype(p: Tensor, group: dict[str, Any]) -> torch.dtype:
+    state_dtype = group["state_dtype"]
+    return p.dtype if state_dtype is None else torch.promote_types(p.dtype, state_dtype)
+
+
+def _choose_update(group: dict[str, Any]) -> UpdateFn:
+    """The implementation this group's step runs (looked up by name: tests spy on them)."""
+    if group["capturable"] or torch.compiler.is_compiling():
+        return _single_tensor_update if group["foreach"] is False else _foreach_update
+    if group["fused"]:
+        return _fused_update
+    if group["fused"] is None and group["foreach"] is None:
+        # The default: fused where it was measured faster (the CPU), foreach elsewhere.
+        params = group["params"]
+        on_cpu = bool(params) and params[0].device.type == "cpu"
+        return _fused_update if on_cpu else _foreach_update
+    return _single_tensor_update if group["foreach"] is False else _foreach_update
 
 
 def _local(t: Tensor) -> Tensor:
@@ -364,39 +525,37 @@ def _local(t: Tensor) -> Tensor:
     return to_local() if to_local is not None else t
 
 
-def _as_real(tensors: list[Tensor]) -> list[Tensor]:
-    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+def _as_real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def _single_tensor_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    *,
     rho: float | Tensor,
-    coef: float | Tensor,
     lr: float | Tensor,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    track_temperature: bool,
+    options: StepOptions,
 ) -> Tensor | None:
-    """The reference loop, one tensor at a time; returns ``sum(v**2)`` when tracking."""
+    """The reference loop, one tensor at a time; returns ``sum(b**2)`` when tracking."""
+    weight_decay, decoupled_weight_decay, maximize, track_temperature = options
     norms = []
-    scalar_mode = not any(isinstance(x, Tensor) for x in (rho, coef, lr))
-    for param, grad, buf in zip(_as_real(params), _as_real(grads), _as_real(bufs), strict=False):
+    scalar_mode = not isinstance(rho, Tensor) and not isinstance(lr, Tensor)
+    damp = (1 + rho) / 2
+    for param, grad, buf in zip(params, grads, bufs, strict=True):
         if maximize:
             grad = -grad
         if weight_decay:
             if decoupled_weight_decay:
-                param.mul_(1 - lr * weight_decay)
+                param.mul_(_scalar(1 - lr * weight_decay, param))
             else:
                 grad = grad.add(param, alpha=weight_decay)
         if scalar_mode:
-            buf.mul_(rho).add_(grad, alpha=-cast(float, coef))
+            buf.mul_(rho).add_(grad, alpha=-cast(float, damp))
+            param.add_(buf, alpha=cast(float, lr))
         else:
-            buf.mul_(rho).add_(grad * -coef)
-        param.add_(buf)
+            buf.mul_(_scalar(rho, buf)).addcmul_(grad, _scalar(-damp, buf))
+            param.addcmul_(buf, _scalar(lr, buf))
         if track_temperature:
             norms.append(torch.linalg.vector_norm(buf, dtype=_norm_dtype(buf)))
     if not track_temperature or not norms:
@@ -408,60 +567,171 @@ def _foreach_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    *,
     rho: float | Tensor,
-    coef: float | Tensor,
     lr: float | Tensor,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-    track_temperature: bool,
+    options: StepOptions,
 ) -> Tensor | None:
     """The multi-tensor path: same arithmetic as :func:`_single_tensor_update`, per device/dtype."""
+    weight_decay, decoupled_weight_decay, maximize, track_temperature = options
     if not params:
         return None
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [_as_real(params), _as_real(grads), _as_real(bufs)]  # type: ignore[list-item]
-    )
     sq_norms = []
-    scalar_mode = not any(isinstance(x, Tensor) for x in (rho, coef, lr))
-    for (device_, dtype_), ((dev_params_, dev_grads_, dev_bufs_), _) in grouped.items():
-        device, dtype = cast(torch.device, device_), cast(torch.dtype, dtype_)
-        dev_params = cast(list[Tensor], dev_params_)
-        dev_grads = cast(list[Tensor], dev_grads_)
-        dev_bufs = cast(list[Tensor], dev_bufs_)
+    damp = (1 + rho) / 2
+    for dev_params, dev_grads, dev_bufs in _by_device_and_dtype(params, grads, bufs):
+        p0, b0 = dev_params[0], dev_bufs[0]
+        # The multi-tensor kernels round a Python-number factor to the tensors' dtype (0.99
+        # becomes 0.98828 in bfloat16); a float32 0-d tensor keeps it.
+        scalar_mode = not any(isinstance(x, Tensor) for x in (rho, lr)) and not _low(b0)
         if maximize:
             dev_grads = list(torch._foreach_neg(dev_grads))
         if weight_decay:
             if decoupled_weight_decay:
-                torch._foreach_mul_(dev_params, _on(1 - lr * weight_decay, device, dtype))
+                torch._foreach_mul_(dev_params, _scalar(1 - lr * weight_decay, p0))
             elif maximize:  # dev_grads is already a copy
                 torch._foreach_add_(dev_grads, dev_params, alpha=weight_decay)
             else:
                 dev_grads = list(torch._foreach_add(dev_grads, dev_params, alpha=weight_decay))
         if scalar_mode:
             torch._foreach_mul_(dev_bufs, rho)
-            torch._foreach_add_(dev_bufs, dev_grads, alpha=-cast(float, coef))
+            torch._foreach_add_(dev_bufs, dev_grads, alpha=-cast(float, damp))
+            torch._foreach_add_(dev_params, dev_bufs, alpha=cast(float, lr))
         else:
-            scaled = torch._foreach_mul(dev_grads, _on(-coef, device, dtype))
-            torch._foreach_mul_(dev_bufs, _on(rho, device, dtype))
-            torch._foreach_add_(dev_bufs, scaled)
-        torch._foreach_add_(dev_params, dev_bufs)
+            n = len(dev_bufs)
+            torch._foreach_mul_(dev_bufs, _scalar(rho, b0))
+            torch._foreach_addcmul_(dev_bufs, dev_grads, [_scalar(-damp, b0)] * n)
+            torch._foreach_addcmul_(dev_params, dev_bufs, [_scalar(lr, b0)] * n)
         if track_temperature:
-            norms = torch._foreach_norm(dev_bufs, 2, dtype=_norm_dtype(dev_bufs[0]))
-            sq_norms.append(torch.stack(norms).square().sum())
+            sq_norms.append(_sum_of_squares(dev_bufs))
     if not track_temperature:
         return None
     return _total(sq_norms)
+
+
+def _fused_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    rho: float,
+    lr: float | Tensor,
+    options: StepOptions,
+) -> Tensor | None:
+    """One pass over each tensor: the C kernel on the CPU, else PyTorch's fused SGD kernel.
+
+    Tensors that neither kernel takes run the foreach path: PyTorch's wants buffers in the
+    parameters' dtype, one memory layout for parameter, gradient and buffer, and ``rho > 0``
+    (see :func:`_fused_sgd_update`); on the CPU it is not used for bfloat16 and float16,
+    where PyTorch 2.13's vectorized kernel computes wrong buffers (so does
+    ``SGD(fused=True)``: a tensor of 16 or more elements goes wrong).
+    """
+    native = not isinstance(lr, Tensor) and _fused_cpu.library() is not None
+    # Each tensor's route: a dtype for the C kernel, else the update function that takes it.
+    routes: dict[Any, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
+    for p, g, b in zip(params, grads, bufs, strict=True):
+        dtype = p.dtype
+        route: Any = _foreach_update
+        if b.dtype is dtype and _fused_cpu.dense_alike(p, g, b):
+            if not p.is_cpu:
+                route = _fused_sgd_update if rho != 0 else _foreach_update
+            elif dtype is torch.float32 or dtype is torch.float64:
+                route = dtype if native else _fused_sgd_update if rho != 0 else _foreach_update
+        lists = routes.get(route)
+        if lists is None:
+            lists = routes[route] = ([], [], [])
+        lists[0].append(p)
+        lists[1].append(g)
+        lists[2].append(b)
+    sq_sums = []
+    for route, lists in routes.items():
+        if isinstance(route, torch.dtype):
+            sq = _fused_cpu.step(
+                *lists,
+                rho,
+                cast(float, lr),
+                options.weight_decay,
+                options.decoupled_weight_decay,
+                options.maximize,
+                options.track_temperature,
+            )
+        else:
+            sq = route(*lists, rho, lr, options)
+        if sq is not None:
+            sq_sums.append(sq)
+    return _total(sq_sums) if options.track_temperature and sq_sums else None
+
+
+def _fused_sgd_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    rho: float,
+    lr: float | Tensor,
+    options: StepOptions,
+) -> Tensor | None:
+    """CoolMomentum's step through PyTorch's fused SGD kernel, ``torch._fused_sgd_``.
+
+    With ``buf = b`` it computes CoolMomentum's step when given momentum ``rho``, dampening
+    ``1 + (1 + rho) / 2`` and learning rate ``-lr``: its buffer update is
+    ``buf = momentum * buf + (1 - dampening) * g``, then ``x -= lr * buf``. The buffers start
+    at zero, so the first step needs no special case. (Its ``momentum = 0`` variant keeps no
+    buffer: the caller sends cooled steps elsewhere.)
+    """
+    weight_decay, decoupled_weight_decay, maximize, track_temperature = options
+    sq_norms = []
+    for dev_params, dev_grads, dev_bufs in _by_device_and_dtype(params, grads, bufs):
+        if weight_decay and decoupled_weight_decay:
+            torch._foreach_mul_(dev_params, _scalar(1 - lr * weight_decay, dev_params[0]))
+        torch._fused_sgd_(
+            dev_params,
+            dev_grads,
+            dev_bufs,
+            weight_decay=0.0 if decoupled_weight_decay else weight_decay,
+            momentum=rho,
+            lr=_scalar(-lr, dev_params[0]) if isinstance(lr, Tensor) else -lr,
+            dampening=1.0 + (1.0 + rho) / 2.0,
+            nesterov=False,
+            maximize=maximize,
+            is_first_step=False,
+        )
+        if track_temperature:
+            sq_norms.append(_sum_of_squares(dev_bufs))
+    if not track_temperature or not sq_norms:
+        return None
+    return _total(sq_norms)
+
+
+def _by_device_and_dtype(
+    params: list[Tensor], grads: list[Tensor], bufs: list[Tensor]
+) -> list[tuple[list[Tensor], list[Tensor], list[Tensor]]]:
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, bufs])  # type: ignore[list-item]
+    return [cast(tuple[list[Tensor], list[Tensor], list[Tensor]], tuple(lists))
+            for lists, _ in grouped.values()]  # fmt: skip
+
+
+def _sum_of_squares(tensors: list[Tensor]) -> Tensor:
+    norms = torch._foreach_norm(tensors, 2, dtype=_norm_dtype(tensors[0]))
+    return torch.stack(norms).square().sum()
 
 
 def _norm_dtype(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _on(x: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """A tensor scalar moved to ``device`` and ``dtype`` (a no-op when it is there already)."""
-    return x.to(device=device, dtype=dtype, non_blocking=True) if isinstance(x, Tensor) else x
+def _low(t: Tensor) -> bool:
+    """Whether ``t`` is of a dtype narrower than float32."""
+    return _norm_dtype(t) != t.dtype
+
+
+def _scalar(x: Any, like: Tensor) -> Tensor:
+    """``x`` as a 0-d tensor on ``like``'s device, in at least float32 (a no-op if it is one).
+
+    Coefficients keep their precision next to low-precision tensors: ``rho = 0.99`` cast to
+    bfloat16 would be 0.98828, ``1 - rho`` off by 17 %. A Python number and a 0-d float
+    tensor on the CPU multiply a bfloat16 tensor the same way (in float32).
+    """
+    dtype = _norm_dtype(like)
+    if isinstance(x, Tensor):
+        return x.to(device=like.device, dtype=dtype, non_blocking=True)
+    return torch.full((), x, dtype=dtype, device=like.device)
 
 
 def _total(values: list[Tensor]) -> Tensor:

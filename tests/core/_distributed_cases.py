@@ -115,14 +115,14 @@ class _UpdateSpy:
         self._saved = {}
 
     def __enter__(self) -> _UpdateSpy:
-        for name in ("_foreach_update", "_single_tensor_update"):
+        for name in ("_foreach_update", "_single_tensor_update", "_fused_update"):
             original = getattr(cm_torch, name)
             self._saved[name] = original
             setattr(cm_torch, name, self._wrap(name, original))
         return self
 
     def _wrap(self, name, original):
-        def update(params, grads, bufs, **kwargs):
+        def update(params, grads, bufs, *args):
             self.calls.append(
                 {
                     "path": name,
@@ -130,7 +130,7 @@ class _UpdateSpy:
                     "shapes": [tuple(t.shape) for t in params],
                 }
             )
-            return original(params, grads, bufs, **kwargs)
+            return original(params, grads, bufs, *args)
 
         return update
 
@@ -175,17 +175,25 @@ def _dcp_state(net: nn.Module, opt: CoolMomentum) -> dict[str, Any]:
     return {"model": model_state, "optim": optim_state}
 
 
-def fsdp2(outdir: Path, foreach: bool) -> None:
+# The three implementations of the step, by the name of their update function.
+PATHS = {
+    "_foreach_update": {"foreach": True},
+    "_single_tensor_update": {"foreach": False},
+    "_fused_update": {"fused": True},
+}
+
+
+def fsdp2(outdir: Path, path: str) -> None:
     import torch.distributed.checkpoint as dcp
 
     net = _fsdp2_model()
-    opt = CoolMomentum(net.parameters(), foreach=foreach, **OPTIM)
+    opt = CoolMomentum(net.parameters(), **PATHS[path], **OPTIM)
     params = dict(net.named_parameters())
 
     def save() -> None:
         dcp.save(_dcp_state(net, opt), checkpoint_id=_dcp_path(outdir))
 
-    hooks = {CHECKPOINT_AT: save} if foreach else {}
+    hooks = {CHECKPOINT_AT: save} if path == "_foreach_update" else {}
     with _UpdateSpy() as spy:
         reset_stats = _train(net, opt, opt, 0, STEPS, hooks)
     result = _snapshot(opt, params, reset_stats)
@@ -196,7 +204,7 @@ def fsdp2(outdir: Path, foreach: bool) -> None:
     bufs = [opt.state[p]["momentum_buffer"] for p in params.values()]
     result["buffer_types"] = sorted({type(b).__name__ for b in bufs})
     result["buffer_placements"] = [str(getattr(b, "placements", None)) for b in bufs]
-    _save(outdir / f"fsdp2_foreach_{foreach}.pt", result)
+    _save(outdir / f"fsdp2{path}.pt", result)
 
 
 def fsdp2_resume(outdir: Path) -> None:
@@ -273,7 +281,7 @@ def zero_resume(outdir: Path) -> None:
 
 
 PHASES = {
-    "train": [ddp, partial(fsdp2, foreach=True), partial(fsdp2, foreach=False), zero],
+    "train": [ddp, *(partial(fsdp2, path=path) for path in PATHS), zero],
     "resume": [fsdp2_resume, zero_resume],
 }
 

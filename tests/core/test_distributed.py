@@ -95,22 +95,27 @@ def reference() -> dict:
     }
 
 
-def _assert_same_stats(got: list[dict], want: list[dict]) -> None:
+def _assert_same_stats(got: list[dict], want: list[dict], replicas: int) -> None:
+    """The all-reduced window: sums over ``replicas`` copies of each element, the same mean."""
     assert len(got) == len(want) == 1
-    assert {k: v for k, v in got[0].items() if k != "temperature"} == {
-        k: v for k, v in want[0].items() if k != "temperature"
+    got, want = got[0], want[0]
+    summed = ("temperature", "temperature_sum", "temperature_count")
+    assert {k: v for k, v in got.items() if k not in summed} == {
+        k: v for k, v in want.items() if k not in summed
     }
-    assert got[0]["temperature"] == pytest.approx(want[0]["temperature"], rel=1e-12)
+    assert got["temperature_count"] == replicas * want["temperature_count"]
+    assert got["temperature_sum"] == pytest.approx(replicas * want["temperature_sum"], rel=1e-12)
+    assert got["temperature"] == pytest.approx(want["temperature"], rel=1e-12)
 
 
-def _assert_matches_reference(result: dict, reference: dict) -> None:
+def _assert_matches_reference(result: dict, reference: dict, replicas: int = 1) -> None:
     assert result["params"].keys() == reference["params"].keys()
     for name, want in reference["params"].items():
         torch.testing.assert_close(result["params"][name], want, **CLOSE, msg=name)
         torch.testing.assert_close(result["buffers"][name], reference["buffers"][name], **CLOSE)
     # The temperature over the elements of every rank: the single-process value.
-    _assert_same_stats(result["reset_stats"], reference["reset_stats"])
-    _assert_same_stats(result["stats"], reference["stats"])
+    _assert_same_stats(result["reset_stats"], reference["reset_stats"], replicas)
+    _assert_same_stats(result["stats"], reference["stats"], replicas)
 
 
 def _assert_identical(resumed: dict, uninterrupted: dict) -> None:
@@ -124,7 +129,7 @@ def _assert_identical(resumed: dict, uninterrupted: dict) -> None:
 
 def test_ddp_matches_one_process_on_the_whole_batch(outdir, reference):
     result = _result(outdir, "ddp")
-    _assert_matches_reference(result, reference)
+    _assert_matches_reference(result, reference, replicas=cases.WORLD)
     # Replicated parameters: every rank holds the same window, the whole model's.
     for key, per_rank in result["group_state"].items():
         assert all(torch.equal(t, per_rank[0]) for t in per_rank), key
@@ -132,9 +137,9 @@ def test_ddp_matches_one_process_on_the_whole_batch(outdir, reference):
     assert counts[0] == reference["group"]["temperature_count"]
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_fsdp2_matches_the_unsharded_run(outdir, reference, foreach):
-    result = _result(outdir, f"fsdp2_foreach_{foreach}")
+@pytest.mark.parametrize("path", cases.PATHS)
+def test_fsdp2_matches_the_unsharded_run(outdir, reference, path):
+    result = _result(outdir, f"fsdp2{path}")
     _assert_matches_reference(result, reference)
     # Each rank counts the elements of its own (uneven) shards; together, the whole model.
     counts = result["group_state"]["temperature_count"]
@@ -142,16 +147,15 @@ def test_fsdp2_matches_the_unsharded_run(outdir, reference, foreach):
     assert sum(counts) == reference["group"]["temperature_count"]
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_fsdp2_updates_the_local_shards_in_place(outdir, foreach):
-    result = _result(outdir, f"fsdp2_foreach_{foreach}")
+@pytest.mark.parametrize("path", cases.PATHS)
+def test_fsdp2_updates_the_local_shards_in_place(outdir, path):
+    result = _result(outdir, f"fsdp2{path}")
     assert result["param_types"] == ["DTensor"]
     # The state is sharded like the parameters (no full-size copy on any rank)...
     assert result["buffer_types"] == ["DTensor"]
     assert result["buffer_placements"] == result["param_placements"]
     assert all(p == "(Shard(dim=0),)" for p in result["param_placements"])
     # ...and every step ran the requested path on plain local tensors of the shards' shapes.
-    path = "_foreach_update" if foreach else "_single_tensor_update"
     assert len(result["update_calls"]) == cases.STEPS
     for call in result["update_calls"]:
         assert call["path"] == path
@@ -165,7 +169,7 @@ def test_fsdp2_dcp_checkpoint_resumes_bit_for_bit(outdir):
     # get_state_dict on the fresh optimizer takes an lr=0 step to create the state; the
     # loaded schedule position replaces that step's count.
     assert resumed["step_after_load"] == cases.CHECKPOINT_AT
-    _assert_identical(resumed, _result(outdir, "fsdp2_foreach_True"))
+    _assert_identical(resumed, _result(outdir, "fsdp2_foreach_update"))
 
 
 def test_zero_matches_the_plain_optimizer(outdir, reference):

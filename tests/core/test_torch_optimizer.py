@@ -6,9 +6,10 @@ import io
 import numpy as np
 import pytest
 import torch
-from _reference import reference_rho
+from _reference import empty_window, reference_rho
 
 from coolmomentum import CoolMomentum
+from coolmomentum.schedules import Schedule
 
 SCHEDULE_CASES = [
     ("exponential", 0),
@@ -34,22 +35,28 @@ def quadratic_problem(seed=0, sizes=(6, 3, 1)):
 
 
 def run_reference(xs, mats, offsets, steps, lr, rho_0, S, kind, hot, wd=0.0):
-    """The recurrence of DESIGN.md, in float64 numpy."""
+    """The recurrence of DESIGN.md, in float64 numpy; ``lr`` a number or a function of k.
+
+    Returns the parameters after every step, the mean of ``v**2`` per step and the final
+    momentum buffers ``b = v / lr``.
+    """
     xs = [x.copy() for x in xs]
-    vs = [np.zeros_like(x) for x in xs]
+    bs = [np.zeros_like(x) for x in xs]
     trajectory, temperatures = [], []
     for k in range(steps):
         r = reference_rho(k, kind, rho_0, S, hot)
+        lr_k = lr(k) if callable(lr) else lr
         sq, n = 0.0, 0
         for i, (a, b) in enumerate(zip(mats, offsets)):
             g = a @ xs[i] + b + wd * xs[i]
-            vs[i] = r * vs[i] - lr * (1 + r) / 2 * g
-            xs[i] = xs[i] + vs[i]
-            sq += float(vs[i] @ vs[i])
-            n += vs[i].size
+            bs[i] = r * bs[i] - (1 + r) / 2 * g
+            v = lr_k * bs[i]
+            xs[i] = xs[i] + v
+            sq += float(v @ v)
+            n += v.size
         trajectory.append([x.copy() for x in xs])
         temperatures.append(sq / n)
-    return trajectory, temperatures, vs
+    return trajectory, temperatures, bs
 
 
 def run_torch(xs, mats, offsets, steps, **opt_kwargs):
@@ -67,12 +74,15 @@ def run_torch(xs, mats, offsets, steps, **opt_kwargs):
     return trajectory, opt, params
 
 
-@pytest.mark.parametrize("foreach", [True, False])
+PATHS = {"single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(("kind", "hot"), SCHEDULE_CASES)
-def test_matches_float64_recurrence_for_every_schedule(kind, hot, foreach):
+def test_matches_float64_recurrence_for_every_schedule(kind, hot, path):
     xs, mats, offsets = quadratic_problem()
     S, steps, lr = 12, 25, 0.05  # runs past hot + S
-    ref, ref_temps, ref_v = run_reference(xs, mats, offsets, steps, lr, 0.9, S, kind, hot)
+    ref, ref_temps, ref_b = run_reference(xs, mats, offsets, steps, lr, 0.9, S, kind, hot)
     total = None if kind == "constant" else S
     got, opt, params = run_torch(
         xs,
@@ -84,14 +94,14 @@ def test_matches_float64_recurrence_for_every_schedule(kind, hot, foreach):
         total_steps=total,
         schedule=kind,
         hot_steps=hot,
-        foreach=foreach,
+        **PATHS[path],
     )
     for k in range(steps):
         for a, b in zip(got[k], ref[k]):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
-    for p, v in zip(params, ref_v):
+    for p, b in zip(params, ref_b):
         np.testing.assert_allclose(
-            opt.state[p]["momentum_buffer"].numpy(), v, rtol=1e-12, atol=1e-15
+            opt.state[p]["momentum_buffer"].numpy(), b, rtol=1e-12, atol=1e-13
         )
     (stats,) = opt.stats()
     assert stats["step"] == steps
@@ -124,9 +134,10 @@ class SmallNet(torch.nn.Module):
         return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
 
 
-def train_steps(model, opt, steps, seed=0, closure=False):
+def train_steps(model, opt, steps, seed=0, closure=False, losses=True):
+    """``steps`` steps on random batches; the losses (not read when ``losses`` is off)."""
     gen = torch.Generator().manual_seed(seed)
-    losses = []
+    seen = []
     for _ in range(steps):
         x = torch.randn(8, 1, 8, 8, generator=gen, dtype=torch.float64)
         y = torch.randint(0, 3, (8,), generator=gen)
@@ -138,11 +149,13 @@ def train_steps(model, opt, steps, seed=0, closure=False):
             return loss
 
         if closure:
-            losses.append(float(opt.step(loss_fn).detach()))
+            loss = opt.step(loss_fn)
         else:
-            losses.append(float(loss_fn().detach()))
+            loss = loss_fn()
             opt.step()
-    return losses
+        if losses:
+            seen.append(float(loss.detach()))
+    return seen
 
 
 def make_net(seed=0):
@@ -150,11 +163,11 @@ def make_net(seed=0):
     return SmallNet().double()
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_constant_rho_is_torch_sgd_with_momentum(foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_constant_rho_is_torch_sgd_with_momentum(path):
     lr, rho_0 = 0.05, 0.9
     a, b = make_net(), make_net()
-    ours = CoolMomentum(a.parameters(), lr=lr, rho_0=rho_0, schedule="constant", foreach=foreach)
+    ours = CoolMomentum(a.parameters(), lr=lr, rho_0=rho_0, schedule="constant", **PATHS[path])
     sgd = torch.optim.SGD(b.parameters(), lr=lr * (1 + rho_0) / 2, momentum=rho_0)
     train_steps(a, ours, 20)
     train_steps(b, sgd, 20)
@@ -227,11 +240,17 @@ def test_parameters_without_gradient_are_untouched_and_have_no_state():
     assert not torch.equal(used.detach(), torch.ones(3))
 
 
-def test_complex_parameters_update_as_real_pairs():
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("noise_std", [0.0, 0.5])
+def test_complex_parameters_update_as_real_pairs(path, noise_std):
+    # With noise, each real component gets noise_std and the real twin's stream.
     z = torch.tensor([1 + 2j, -1j], dtype=torch.complex128, requires_grad=True)
     r = torch.view_as_real(z.detach()).clone().requires_grad_()
-    oz = CoolMomentum([z], lr=0.1, total_steps=4)
-    orr = CoolMomentum([r], lr=0.1, total_steps=4)
+    oz, orr = (
+        CoolMomentum([x], lr=0.1, total_steps=4, noise_std=noise_std, **PATHS[path],
+                     generator=torch.Generator().manual_seed(5))
+        for x in (z, r)
+    )  # fmt: skip
     for k in range(6):
         g = grads_for([r], k)[0]
         z.grad = torch.view_as_complex(g.clone())
@@ -343,19 +362,19 @@ def test_maximize_ascends_what_minimize_descends():
     torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_l2_weight_decay_adds_to_the_gradient(foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_l2_weight_decay_adds_to_the_gradient(path):
     xs, mats, offsets = quadratic_problem(seed=4)
     ref, _, _ = run_reference(xs, mats, offsets, 10, 0.05, 0.9, 6, "exponential", 0, wd=0.3)
     got, _, _ = run_torch(
-        xs, mats, offsets, 10, lr=0.05, rho_0=0.9, total_steps=6, weight_decay=0.3, foreach=foreach
+        xs, mats, offsets, 10, lr=0.05, rho_0=0.9, total_steps=6, weight_decay=0.3, **PATHS[path]
     )
     for a, b in zip(got[-1], ref[-1]):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_decoupled_weight_decay_shrinks_the_weights(foreach):
+@pytest.mark.parametrize("path", PATHS)
+def test_decoupled_weight_decay_shrinks_the_weights(path):
     lr, wd = 0.05, 0.3
     x = torch.tensor([1.0, -3.0], dtype=torch.float64, requires_grad=True)
     opt = CoolMomentum(
@@ -365,7 +384,7 @@ def test_decoupled_weight_decay_shrinks_the_weights(foreach):
         schedule="constant",
         weight_decay=wd,
         decoupled_weight_decay=True,
-        foreach=foreach,
+        **PATHS[path],
     )
     ref_x, ref_v = x.detach().clone(), torch.zeros(2, dtype=torch.float64)
     for _ in range(5):
@@ -378,25 +397,47 @@ def test_decoupled_weight_decay_shrinks_the_weights(foreach):
     torch.testing.assert_close(x.detach(), ref_x, rtol=1e-14, atol=0)
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_lr_as_a_tensor_matches_lr_as_a_float(foreach):
-    a, b = make_net(), make_net()
-    train_steps(
-        a, CoolMomentum(a.parameters(), lr=torch.tensor(0.05), total_steps=10, foreach=foreach), 12
-    )
-    train_steps(b, CoolMomentum(b.parameters(), lr=0.05, total_steps=10), 12)
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+ALL_PATHS = {**PATHS, "capturable": {"capturable": True}, "capturable-single": {
+    "capturable": True, "foreach": False}}  # fmt: skip
 
 
-def test_capturable_keeps_the_schedule_on_the_device_and_matches_eager():
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)])
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_lr_as_a_one_element_tensor_matches_lr_as_a_float(path, shape):
     a, b = make_net(), make_net()
-    oa = CoolMomentum(a.parameters(), lr=0.05, total_steps=10, capturable=True)
-    train_steps(a, oa, 12)
-    train_steps(b, CoolMomentum(b.parameters(), lr=0.05, total_steps=10), 12)
-    assert oa.param_groups[0]["step"].device == next(a.parameters()).device
+    lr = torch.full(shape, 0.05, dtype=torch.float64)
+    opt = CoolMomentum(a.parameters(), lr=lr, total_steps=10, weight_decay=0.1,
+                       decoupled_weight_decay=True, **ALL_PATHS[path])  # fmt: skip
+    train_steps(a, opt, 12)
+    train_steps(b, CoolMomentum(b.parameters(), lr=0.05, total_steps=10, weight_decay=0.1,
+                                decoupled_weight_decay=True, foreach=False), 12)  # fmt: skip
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
+    assert opt.stats()[0]["lr"] == 0.05
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_capturable_step_reads_nothing_back_to_the_host(monkeypatch, foreach):
+    """What CUDA graph capture needs, checked on any device: no tensor value reaches Python."""
+    a, b = make_net(), make_net()
+    oa = CoolMomentum(a.parameters(), lr=0.05, total_steps=10, capturable=True, foreach=foreach)
+    ob = CoolMomentum(b.parameters(), lr=0.05, total_steps=10, foreach=foreach)
+
+    def refuse(*args):
+        raise AssertionError("a capturable step read a tensor value on the host")
+
+    for k in range(12):
+        train_steps(b, ob, 1, seed=k)
+        with monkeypatch.context() as patch:
+            for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+                patch.setattr(torch.Tensor, name, refuse)
+            train_steps(a, oa, 1, seed=k, losses=False)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
+    (got,), (want,) = oa.stats(), ob.stats()
+    for key in ("temperature", "temperature_sum"):
+        want[key] = pytest.approx(want[key], rel=1e-12)
+    assert got == want
 
 
 def test_temperature_tracking_off():
@@ -410,13 +451,7 @@ def test_temperature_tracking_off():
 def test_stats_window_resets_only_when_asked():
     x = torch.nn.Parameter(torch.zeros(4))
     opt = CoolMomentum([x], lr=1.0, rho_0=0.5, schedule="constant")
-    assert opt.stats()[0] == {
-        "step": 0,
-        "rho": 0.5,
-        "lr": 1.0,
-        "temperature": None,
-        "temperature_steps": 0,
-    }
+    assert opt.stats()[0] == {**empty_window(0.5), "lr": 1.0}
     x.grad = torch.ones(4)
     opt.step()  # v = -0.75
     x.grad = torch.zeros(4)
@@ -477,6 +512,14 @@ def test_sparse_gradients_are_refused_with_a_clear_message():
         ({"total_steps": 5, "weight_decay": -1}, r"weight_decay must be a number >= 0"),
         ({"total_steps": 5, "noise_std": -1}, r"noise_std must be a number >= 0"),
         ({"total_steps": 5, "hot_steps": -2}, r"hot_steps must be an integer >= 0"),
+        ({"total_steps": 5, "state_dtype": torch.int32}, r"state_dtype must be None or a floa"),
+        ({"total_steps": 5, "temperature_every": 0}, r"temperature_every must be an integer"),
+        ({"total_steps": 5, "fused": True, "foreach": True}, r"fused=True and foreach=True"),
+        ({"total_steps": 5, "fused": True, "capturable": True}, r"for a capturable step use"),
+        (
+            {"total_steps": 5, "fused": True, "state_dtype": torch.float64},
+            r"state_dtype=torch.float64 with torch.float32 parameters needs foreach=True",
+        ),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, message):
@@ -484,11 +527,12 @@ def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, message):
         CoolMomentum([torch.nn.Parameter(torch.ones(1))], **kwargs)
 
 
+@pytest.mark.parametrize("fused", [None, True])
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_compiled_step_does_not_recompile_as_rho_changes(backend):
+def test_compiled_step_does_not_recompile_as_rho_changes(backend, fused):
     torch._dynamo.reset()
     model = torch.nn.Linear(4, 2)
-    opt = CoolMomentum(model.parameters(), lr=0.05, total_steps=6)
+    opt = CoolMomentum(model.parameters(), lr=0.05, total_steps=6, fused=fused)
     reference = copy.deepcopy(model)
     ref_opt = CoolMomentum(reference.parameters(), lr=0.05, total_steps=6)
     compiled_step = torch.compile(opt.step, backend=backend, fullgraph=True)
@@ -576,3 +620,70 @@ def test_momentum_round_trips_through_a_weights_only_state_dict():
     assert again.param_groups[0]["momentum"] == 0.99
     again.load_state_dict(saved)
     assert again.param_groups[0]["momentum"] == opt.param_groups[0]["momentum"]
+
+
+def test_total_stats_weigh_each_group_by_its_elements():
+    big, small = torch.nn.Parameter(torch.zeros(6)), torch.nn.Parameter(torch.zeros(2))
+    opt = CoolMomentum(
+        [{"params": [big]}, {"params": [small], "lr": 0.5}], lr=1.0, rho_0=0.5, schedule="constant"
+    )
+    for _ in range(2):
+        big.grad, small.grad = torch.ones(6), torch.ones(2)
+        opt.step()
+    per_group = opt.stats(reset=False)
+    total = opt.total_stats()
+    # v_0 = -lr 0.75, v_1 = lr (0.5 * -0.75 - 0.75): the same per element in each group.
+    v2 = [lr**2 * (0.75**2 + 1.125**2) for lr in (1.0, 0.5)]
+    assert [s["temperature"] for s in per_group] == pytest.approx([v / 2 for v in v2])
+    assert [s["temperature_count"] for s in per_group] == [12, 4]
+    assert total["temperature_count"] == 16
+    assert total["temperature"] == pytest.approx((6 * v2[0] + 2 * v2[1]) / 16)
+    assert total["temperature_sum"] == pytest.approx(6 * v2[0] + 2 * v2[1])
+    assert (total["step"], total["rho"], total["temperature_steps"]) == (2, 0.5, 2)
+    assert set(total) == {
+        "step", "rho", "temperature", "temperature_sum", "temperature_count", "temperature_steps"
+    }  # fmt: skip
+    assert opt.total_stats()["temperature"] is None  # the previous call reset every window
+    opt.param_groups[1]["rho_0"] = 0.25
+    big.grad, small.grad = torch.ones(6), torch.ones(2)
+    opt.step()
+    assert opt.total_stats()["rho"] is None  # the groups' rho differ now
+
+
+def test_each_group_schedule_is_validated_once_not_at_every_step(monkeypatch):
+    created = []
+    original = Schedule.create.__func__
+
+    def counting_create(cls, *args, **kwargs):
+        created.append(args)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Schedule, "create", classmethod(counting_create))
+    model = make_net()
+    opt = CoolMomentum(
+        [{"params": [model.conv.weight], "rho_0": 0.9}, {"params": list(model.fc.parameters())}],
+        lr=0.05,
+        total_steps=10,
+    )
+    assert len(created) == 2
+    train_steps(model, opt, 5)
+    opt.stats()
+    assert len(created) == 2
+    # Edited arguments are validated again, at the next step.
+    opt.param_groups[0]["rho_0"] = 1.5
+    with pytest.raises(ValueError, match="rho_0 must be a number in"):
+        train_steps(model, opt, 1)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_temperature_every_k_steps_is_the_mean_over_the_measured_steps(path):
+    every, steps = 3, 10
+    xs, mats, offsets = quadratic_problem()
+    _, ref_temps, _ = run_reference(xs, mats, offsets, steps, 0.05, 0.9, 12, "exponential", 0)
+    _, opt, _ = run_torch(xs, mats, offsets, steps, lr=0.05, rho_0=0.9, total_steps=12,
+                          temperature_every=every, **ALL_PATHS[path])  # fmt: skip
+    (stats,) = opt.stats()
+    measured = ref_temps[::every]  # steps 0, 3, 6, 9
+    assert stats["temperature"] == pytest.approx(float(np.mean(measured)), rel=1e-12)
+    assert stats["temperature_count"] == len(measured) * sum(x.size for x in xs)
+    assert stats["temperature_steps"] == steps

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-ROOT = HERE.parents[1]
 
 
 def _installed(module: str) -> bool:
@@ -30,20 +30,15 @@ def test_keras_backend(backend):
         pytest.skip(f"{backend} is not installed")
     env = {**os.environ, "KERAS_BACKEND": backend}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "_keras_cases.py"],
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "_keras_cases.py"],
         cwd=HERE,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, f"KERAS_BACKEND={backend}\n{result.stdout}\n{result.stderr}"
-
-
-def test_import_coolmomentum_imports_no_framework():
-    code = (
-        "import sys, coolmomentum\n"
-        "loaded = {'torch', 'jax', 'optax', 'keras', 'tensorflow'} & set(sys.modules)\n"
-        "assert not loaded, loaded\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    output = f"KERAS_BACKEND={backend}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, output
+    # Every case must have run: a subprocess in which everything skipped also exits with 0.
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d+ passed(, \d+ warnings?)? in .*", summary), output
