@@ -144,16 +144,8 @@ class RunOptimizer:
         the model, averaged over the steps since the last reset); ``None`` where the
         optimizer has no such thing. ``all_reduce`` is a collective over the ranks."""
         if isinstance(self.optimizer, CoolMomentum):
-            groups = self.optimizer.stats(reset=reset, all_reduce=all_reduce)
-            sizes = [
-                sum(2 * p.numel() if p.is_complex() else p.numel() for p in g["params"])
-                for g in self.optimizer.param_groups
-            ]
-            tracked = [(s["temperature"], n) for s, n in zip(groups, sizes) if s["temperature"]]
-            temperature = None
-            if tracked:
-                temperature = sum(t * n for t, n in tracked) / sum(n for _, n in tracked)
-            return {"rho": groups[0]["rho"], "temperature": temperature}
+            total = self.optimizer.total_stats(reset=reset, all_reduce=all_reduce)
+            return {"rho": total["rho"], "temperature": total["temperature"]}
         rho = self.spec.momentum if self.spec.optimizer == "sgd" else None
         return {"rho": rho, "temperature": None}
 

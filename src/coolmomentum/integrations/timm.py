@@ -20,13 +20,15 @@ Needs timm 1.0.12 or newer, the first with an optimizer registry.
 from __future__ import annotations
 
 try:
-    import timm.optim
+    import timm
 except ModuleNotFoundError as e:
     if e.name != "timm":  # timm is there but one of its own imports failed
         raise
     raise ImportError(
         'coolmomentum.integrations.timm needs timm: pip install "coolmomentum[timm]"'
     ) from e
+import timm.optim
+
 if not hasattr(timm.optim, "OptimInfo"):
     raise ImportError(
         f"coolmomentum.integrations.timm needs timm >= 1.0.12, the first with an optimizer "
