@@ -18,12 +18,16 @@ Protocol (details and the results in ``benchmarks/results/study.md``):
    chosen setting, and CoolMomentum's untuned paper settings, over 3 seeds, and are the only
    runs that read the test set. They also measure the loss over the whole training set at the
    final weights in evaluation mode.
-4. **Budget**: on workload 1 the chosen settings also train for 2 and 5 epochs (3 seeds),
-   without re-tuning lr; CoolMomentum's cooling and the cosine follow the length.
+4. **Budget**: on workload 1 the chosen settings also train for 1, 2 and 10 epochs (2
+   seeds), without re-tuning lr; CoolMomentum's cooling and the cosine follow the length.
 
-Every run is a harness run (``coolmomentum.experiments``) in ``--work`` and is saved as it
-ends; an interrupted study continues where it stopped when the same command is run again
-(a run cut off mid-way resumes from its last checkpoint). ``--quick`` runs the whole
+Sizes, chosen to fit about 5 hours of 2 cores: workload 1 trains 5 epochs (the budget runs
+show 1 to 10), workload 2 the first 10,000 images for 5 epochs, workload 3 5 epochs.
+
+Every run is a harness run (``coolmomentum.experiments``) in a folder of ``--work`` named
+after the plan (so a plan of other sizes never reuses a run) and is saved as it ends; an
+interrupted study continues where it stopped when the same command is run again (a run cut
+off mid-way resumes from its last checkpoint). ``--quick`` runs the whole
 pipeline on a tiny subset for one epoch (a test runs it).
 
     python benchmarks/study.py --jobs 2                 # the full study, hours on 2 cores
@@ -33,15 +37,15 @@ pipeline on a tiny subset for one epoch (a test runs it).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -91,7 +95,8 @@ class Plan:
     cool_stage_a: list[float]
     refine: list[float]  # workloads 2 and 3: multiples of the workload-1 lr
     seeds: list[int]
-    budgets: list[int]
+    budgets: list[int]  # workload 1's other training lengths, in epochs
+    budget_seeds: list[int]
     validation: int
     data: dict[str, Any] = field(default_factory=dict)  # data_dir, subsets
 
@@ -100,7 +105,7 @@ def full_plan() -> Plan:
     common = {"dataset": "fashion-mnist", "batch_size": 128, "eval_batch_size": 1000}
     return Plan(
         workloads=[
-            Workload("convnet", "Fashion-MNIST, convnet", {**common, "model": "convnet"}, 10),
+            Workload("convnet", "Fashion-MNIST, convnet", {**common, "model": "convnet"}, 5),
             Workload(
                 "resnet20",
                 "Fashion-MNIST, ResNet-20 with shifts and flips, first 10,000 images",
@@ -123,7 +128,8 @@ def full_plan() -> Plan:
         cool_stage_a=[0.005, 0.01, 0.02, 0.04],
         refine=[0.5, 2.0, 4.0],
         seeds=[0, 1, 2],
-        budgets=[2, 5],
+        budgets=[1, 2, 10],
+        budget_seeds=[0, 1],
         validation=10_000,
     )
 
@@ -143,6 +149,7 @@ def quick_plan(data_dir: str | None) -> Plan:
         refine=[],
         seeds=[0],
         budgets=[1],
+        budget_seeds=[0],
         validation=64,
         data={"data_dir": data_dir, "sample_every_steps": 1},
     )
@@ -318,7 +325,7 @@ def planned_runs(plan: Plan, results: Results) -> list[Run]:
             for epochs in plan.budgets:
                 for label, spec in rows.items():
                     sized = _for_length(spec, workload, plan, epochs)
-                    for seed in plan.seeds:
+                    for seed in plan.budget_seeds:
                         runs.append(Run(workload.name, label, sized, seed, "test", epochs,
                                         "budget"))  # fmt: skip
     return _unique(runs)
@@ -397,6 +404,11 @@ def load_results(work: Path) -> Results:
 
 
 def run_study(plan: Plan, work: Path, jobs: int, threads: int, log: Any = print) -> Results:
+    """Run every planned run not yet done, ``jobs`` at a time, stage after stage; the results.
+
+    ``jobs > 1`` runs each in a process of its own (``--execute``); stopping the study
+    (SIGTERM, Ctrl-C) stops them too, and a rerun continues.
+    """
     results = load_results(work)
     while True:
         pending = [r for r in planned_runs(plan, results) if r.id not in results]
@@ -410,15 +422,39 @@ def run_study(plan: Plan, work: Path, jobs: int, threads: int, log: Any = print)
                 results[run.id] = summary
                 log(f"  {run.id}: {summary['final_acc']:.4f}")
             continue
-        spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
-        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as pool:
-            futures = {pool.submit(execute, run, plan, work, threads): run for run in pending}
-            for future in concurrent.futures.as_completed(futures):
-                run = futures[future]
-                summary = future.result()
-                _write_json(work / "done" / f"{run.id}.json", summary)
-                results[run.id] = summary
-                log(f"  {run.id}: {summary['final_acc']:.4f}")
+        running: dict[subprocess.Popen[bytes], Run] = {}
+        try:
+            while pending or running:
+                while pending and len(running) < jobs:
+                    run = pending.pop(0)
+                    order = json.dumps({"run": dataclasses.asdict(run),
+                                        "plan": dataclasses.asdict(plan)})  # fmt: skip
+                    command = [sys.executable, __file__, "--execute", order, "--work", str(work),
+                               "--threads", str(threads)]  # fmt: skip
+                    running[subprocess.Popen(command)] = run
+                time.sleep(1)
+                for process, run in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    del running[process]
+                    if process.returncode != 0:
+                        raise RuntimeError(f"run {run.id} failed (exit {process.returncode})")
+                    results[run.id] = json.loads((work / "done" / f"{run.id}.json").read_text())
+                    log(f"  {run.id}: {results[run.id]['final_acc']:.4f}")
+        finally:  # stopped or failed: the runs in flight stop too (they resume on a rerun)
+            for process in running:
+                process.terminate()
+            for process in running:
+                process.wait()
+
+
+def _execute_order(order: str, work: Path, threads: int) -> None:
+    """One run of a ``jobs > 1`` study, in its own process; its summary goes to ``done/``."""
+    data = json.loads(order)
+    raw = data["plan"]
+    plan = Plan(**{**raw, "workloads": [Workload(**w) for w in raw["workloads"]]})
+    run = Run(**data["run"])
+    _write_json(work / "done" / f"{run.id}.json", execute(run, plan, work, threads))
 
 
 # --- the results files -----------------------------------------------------------------------
@@ -604,7 +640,7 @@ def _budget_section(plan: Plan, records: list[dict[str, Any]]) -> list[str]:
         if r["workload"] == first.name:
             epochs = r.get("budget_epochs", first.epochs)
             rows.setdefault(r["optimizer"], {})[epochs] = _mean_std(r["test_acc"])
-    lengths = [*plan.budgets, first.epochs]
+    lengths = sorted({*plan.budgets, first.epochs})
     lines = [
         f"## Budget: {first.title}, test accuracy against training length",
         "",
@@ -658,6 +694,12 @@ def _figures(plan: Plan, results: Results, s: dict[str, Any]) -> dict[str, bytes
     return figures
 
 
+def plan_name(plan: Plan) -> str:
+    """A folder name that changes with every setting of the plan."""
+    settings = json.dumps(dataclasses.asdict(plan), sort_keys=True, default=str)
+    return "plan-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny subset, one epoch")
@@ -668,17 +710,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="torch threads per run (default: cores / jobs)"
     )
+    parser.add_argument("--execute", help=argparse.SUPPRESS)  # one run, for --jobs > 1
     args = parser.parse_args(argv)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.execute:
+        _execute_order(args.execute, args.work, threads)
+        return 0
     plan = quick_plan(args.data_dir) if args.quick else full_plan()
     if args.data_dir and not args.quick:
         plan.data["data_dir"] = args.data_dir
-    args.work.mkdir(parents=True, exist_ok=True)
-    clock = args.work / "wall_seconds.json"
+    # A SIGTERM ends the study (and its workers) as Ctrl-C does; a rerun continues it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    work = args.work / plan_name(plan)
+    work.mkdir(parents=True, exist_ok=True)
+    clock = work / "wall_seconds.json"
     previous = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
     started = time.time()
     try:
-        results = run_study(plan, args.work, args.jobs, threads)
+        results = run_study(plan, work, args.jobs, threads)
     finally:
         _write_json(clock, {"seconds": previous + time.time() - started})
     wall = (previous + time.time() - started) / 3600

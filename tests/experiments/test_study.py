@@ -28,8 +28,9 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     work, out = tmp_path / "work", tmp_path / "results"
     argv = ["--quick", "--work", str(work), "--results", str(out), "--data-dir", str(data)]
     assert study.main(argv) == 0
-    done = sorted(p.name for p in (work / "done").iterdir())
     plan = study.quick_plan(str(data))
+    work = work / study.plan_name(plan)
+    done = sorted(p.name for p in (work / "done").iterdir())
     assert len(done) == len(study.planned_runs(plan, study.load_results(work))) == 30
 
     records = json.loads((out / "study_quick.json").read_text())
