@@ -31,6 +31,12 @@ pinned to one (torch and the BLAS under scipy). Run from the repository root:
 
     nohup python benchmarks/lj_clusters.py > lj_clusters.log 2>&1 &
     python benchmarks/lj_clusters.py --rates      # evaluations per second, on a quiet machine
+    python benchmarks/lj_clusters.py --variants   # what each hop should do, on LJ26
+
+``--variants`` measures the choice of the hop itself: 64 walkers of ``annealed_hopping``
+(``stop_at_minimum=False``) per variant, each walker an independent run; the evaluations per
+walker hit are the walkers' evaluations up to their first hit (or all, for those that never
+hit) summed, divided by the walkers that hit.
 """
 
 # One thread everywhere, set before numpy is imported: an unpinned BLAS under load was
@@ -359,6 +365,46 @@ def measure_rates(args: argparse.Namespace) -> None:
     write_report(results, args.md)
 
 
+# (label, displacement half-width, annealing steps per hop, starting kT of the anneal)
+VARIANTS = (
+    ("displace, quench (plain basin hopping)", 0.4, 0, 0.1),
+    ("displace, anneal 10 steps from kT 0.1, quench (the default)", 0.4, 10, 0.1),
+    ("displace, anneal 30 steps from kT 0.15, quench", 0.4, 30, 0.15),
+    ("displace, anneal 30 steps from kT 0.3, quench", 0.4, 30, 0.3),
+    ("displace, anneal 60 steps from kT 0.1, quench", 0.4, 60, 0.1),
+    ("reheat to kT 0.3 and cool over 100 steps, quench (no displacement)", 0.0, 100, 0.3),
+)
+
+
+def measure_variants(args: argparse.Namespace) -> None:
+    results = load(args.json)
+    variants = results.setdefault("variants", {})
+    for atoms in args.sizes:
+        for label, step, anneal_steps, temperature in VARIANTS:
+            key = f"LJ{atoms}: {label}"
+            if key in variants:
+                continue
+            started = time.perf_counter()
+            result = annealed_hopping(
+                LennardJonesCluster(atoms), replicas=64, budget=64 * args.walker_budget,
+                step=step, anneal_steps=anneal_steps, temperature=temperature,
+                acceptance_temperature=METROPOLIS_TEMPERATURE, fmax=FMAX, tolerance=TOLERANCE,
+                stop_at_minimum=False, seed=derived_seed(atoms, 999),
+            )  # fmt: skip
+            hits = result.first_hit_by_replica >= 0
+            exposure = torch.where(hits, result.first_hit_by_replica, result.evaluations)
+            variants[key] = dict(
+                atoms=atoms, step=step, anneal_steps=anneal_steps, temperature=temperature,
+                walkers=64, walker_budget=args.walker_budget, walkers_hit=int(hits.sum()),
+                evaluations_per_walker_hit=float(exposure.sum()) / max(int(hits.sum()), 1),
+                evaluations_per_hop=result.total_evaluations / 64 / max(result.hops, 1),
+                seconds=time.perf_counter() - started,
+            )  # fmt: skip
+            atomic_write(args.json, json.dumps(results, indent=1) + "\n")
+            print(f"{key}: {variants[key]}", flush=True)
+    write_report(results, args.md)
+
+
 def settings() -> dict[str, Any]:
     return dict(
         tolerance=TOLERANCE, metropolis_temperature=METROPOLIS_TEMPERATURE, fmax=FMAX,
@@ -436,6 +482,27 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         "```",
         "",
     ]
+    if results.get("variants"):
+        lines += [
+            "## What a hop should do (`--variants`)",
+            "",
+            "64 independent walkers per variant, each with the budget below, Metropolis T "
+            f"{METROPOLIS_TEMPERATURE}, L-BFGS quenches to fmax {FMAX}. Evaluations per walker "
+            "hit: the walkers' evaluations up to their first hit (all of them for walkers "
+            "that never hit), summed, per walker that hit (an estimate of the mean first "
+            "encounter time of one walker).",
+            "",
+            "| N | hop | walker budget | walkers hit | evals per walker hit | evals per hop |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {v['atoms']} | {key.split(': ', 1)[1]} | {v['walker_budget']:,} | "
+                f"{v['walkers_hit']}/{v['walkers']} | "
+                f"{v['evaluations_per_walker_hit']:,.0f}{'' if v['walkers_hit'] else ' (none)'}"
+                f" | {v['evaluations_per_hop']:.0f} |"
+                for key, v in results["variants"].items()
+            ),
+            "",
+        ]
     if "rates_measured" in results:
         lines += [
             f"Rates (`--rates`) measured {results['rates_measured']['time']} at load average "
@@ -452,6 +519,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--rates", action="store_true", help="measure evaluations per second")
     parser.add_argument("--rate-seconds", type=float, default=20.0)
+    parser.add_argument("--variants", action="store_true", help="compare hop variants")
+    parser.add_argument("--walker-budget", type=int, default=6000, help="--variants: per walker")
     parser.add_argument("--json", type=Path, default=RESULTS / "lj_clusters.json")
     parser.add_argument("--md", type=Path, default=RESULTS / "lj_clusters.md")
     args = parser.parse_args()
@@ -459,6 +528,8 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     if args.rates:
         measure_rates(args)
+    elif args.variants:
+        measure_variants(args)
     else:
         run_trials(args)
 

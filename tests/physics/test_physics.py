@@ -307,6 +307,8 @@ def test_annealed_hopping_finds_the_tabulated_minimum_and_stops_there(atoms):
     assert result.first_hit_evaluations is not None
     assert result.best_energy == pytest.approx(GLOBAL_MINIMA[atoms], abs=1e-3)
     assert result.first_hit_evaluations == result.total_evaluations  # stopped at the hit
+    walker = result.first_hit_by_replica[result.best_index]
+    assert 0 < walker <= result.evaluations[result.best_index]
     assert not result.diverged.any()
     again = annealed_hopping(LennardJonesCluster(atoms), replicas=4, budget=20_000, seed=0)
     assert torch.equal(again.energies, result.energies)
@@ -381,7 +383,7 @@ def test_hopping_command_reports_the_first_hit(tmp_path, capsys):
         (["lj", "--atoms", "5", "--budget", "100"], "--budget does not apply to --method anneal"),
         (["lj", "--atoms", "5", "--method", "hopping", "--budget", "0"], "--budget must be"),
         (["lj", "--atoms", "5", "--method", "hopping", "--hot-steps", "3"], "--hot-steps does"),
-        (["lj", "--atoms", "5", "--method", "hopping", "--step", "0"], "--step must be"),
+        (["lj", "--atoms", "5", "--method", "hopping", "--step", "-1"], "--step must be"),
     ],
 )
 def test_bad_anneal_arguments_are_one_error_line_and_exit_code_2(argv, message, capsys):

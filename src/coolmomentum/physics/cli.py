@@ -81,7 +81,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     common.add_argument(
         "--budget", type=int, help="hopping: evaluations summed over replicas (100000)"
     )
-    common.add_argument("--step", type=float, help="hopping: first displacement half-width")
+    common.add_argument(
+        "--step", type=float, help="hopping: first displacement half-width (0.4; 0: none)"
+    )
     common.add_argument(
         "--acceptance-temperature", type=float, help="hopping: Metropolis temperature (0.8)"
     )
@@ -148,7 +150,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--rho-0 must be in [0, 1), got {settings['rho_0']!r}")
         if args.method == "hopping":
             check_count(settings["budget"], "--budget", 1)
-            check_positive(settings["step"], "--step")
+            check_positive(settings["step"], "--step", allow_zero=True)
             check_positive(settings["acceptance_temperature"], "--acceptance-temperature")
         else:
             hot, steps = check_count(settings["hot_steps"], "--hot-steps", 0), settings["steps"]

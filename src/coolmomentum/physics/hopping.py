@@ -62,9 +62,11 @@ class HoppingResult:
     none; each annealing step and each quench step costs one). ``first_hit_evaluations`` is
     the number of evaluations summed over all replicas up to the end of the hop in which a
     replica first came within ``settings["tolerance"]`` of the known minimum (``None``: none
-    did). ``trace_evaluations`` and ``trace_lowest_energy`` give, after the first quench and
-    after each hop, the evaluations spent so far and the lowest minimum so far. ``diverged``
-    marks replicas whose annealing ever exceeded the bounds of :class:`.anneal.ReplicaWatch`.
+    did); ``first_hit_by_replica`` ``(R,)`` is each replica's own count at its first hit
+    (``-1``: none), which describes the walkers as independent runs. ``trace_evaluations``
+    and ``trace_lowest_energy`` give, after the first quench and after each hop, the
+    evaluations spent so far and the lowest minimum so far. ``diverged`` marks replicas whose
+    annealing ever exceeded the bounds of :class:`.anneal.ReplicaWatch`.
     """
 
     label: str
@@ -75,6 +77,7 @@ class HoppingResult:
     evaluations: Tensor
     hops: int
     first_hit_evaluations: int | None
+    first_hit_by_replica: Tensor
     trace_evaluations: Tensor
     trace_lowest_energy: Tensor
     acceptance: float
@@ -162,7 +165,8 @@ def annealed_hopping(
         replicas: independent walkers, run as one batch from their own random starts.
         budget: stop once the evaluations summed over replicas reach this (the hop under way
             is finished).
-        step: each replica's first displacement half-width ``s``, adapted as it goes.
+        step: each replica's first displacement half-width ``s``, adapted as it goes (``0``:
+            no displacement, each hop anneals from the current minimum: reheat and cool).
         anneal_steps: CoolMomentum steps per hop (``0``: displace and quench, plain basin
             hopping).
         temperature: the starting ``kT`` of each anneal, which sets the random force.
@@ -177,7 +181,7 @@ def annealed_hopping(
     """
     check_count(replicas, "replicas", 1)
     check_count(budget, "budget", 1)
-    check_positive(step, "step")
+    check_positive(step, "step", allow_zero=True)
     check_count(anneal_steps, "anneal_steps", 0)
     check_positive(temperature, "temperature", allow_zero=True)
     check_positive(lr, "lr")
@@ -218,8 +222,16 @@ def annealed_hopping(
         result = lbfgs(potential, x, fmax=fmax, max_steps=quench_steps)
         return result.positions, result.energies, result.evaluations
 
+    first_hit_by_replica = torch.full((replicas,), -1, dtype=torch.long, device=device)
+
     def hit(energies: Tensor) -> bool:
-        return known is not None and bool(((energies - known).abs() <= tolerance).any())
+        """Note the replicas that reach the known minimum; whether any did."""
+        if known is None:
+            return False
+        reached = (energies - known).abs() <= tolerance
+        new = reached & (first_hit_by_replica < 0)
+        first_hit_by_replica.copy_(torch.where(new, evaluations, first_hit_by_replica))
+        return bool(reached.any())
 
     start = potential.random_positions(
         replicas, generator=torch.Generator().manual_seed(start_seed), dtype=dtype, device=device
@@ -271,7 +283,7 @@ def annealed_hopping(
             accepted.zero_()
         trace_evaluations.append(int(evaluations.sum()))
         trace_lowest.append(float(best_energy.min()))
-        if first_hit is None and hit(trial_energy):
+        if hit(trial_energy) and first_hit is None:
             first_hit = trace_evaluations[-1]
     return HoppingResult(
         label=potential.label,
@@ -282,6 +294,7 @@ def annealed_hopping(
         evaluations=evaluations.cpu(),
         hops=hops,
         first_hit_evaluations=first_hit,
+        first_hit_by_replica=first_hit_by_replica.cpu(),
         trace_evaluations=torch.tensor(trace_evaluations),
         trace_lowest_energy=torch.tensor(trace_lowest, dtype=torch.float64),
         acceptance=accepted_total / max(hops * replicas, 1),
