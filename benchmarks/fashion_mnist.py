@@ -21,8 +21,11 @@ from pathlib import Path
 import torch
 
 from coolmomentum._io import atomic_write
+from coolmomentum.experiments.config import RunConfig
+from coolmomentum.experiments.data import InMemoryData
+from coolmomentum.experiments.distributed import resolve_device
+from coolmomentum.experiments.loop import train
 from coolmomentum.experiments.presets import PRESETS
-from coolmomentum.experiments.train import Data, RunConfig, resolve_device, train
 
 RESULTS = Path(__file__).parent / "results" / "fashion_mnist.md"
 
@@ -54,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             config = RunConfig(**preset, seed=seed, device=args.device, preset="fashion-mnist-demo")
-            data = Data(config, resolve_device(config.device))
+            data = InMemoryData(config, resolve_device(config.device))
             for spec in config.runs:
                 metrics = train(config, spec, Path(tmp) / f"{seed}" / spec.label, data)
                 finals.setdefault(spec.label, []).append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import pickle
@@ -13,22 +14,24 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from coolmomentum.experiments import data
-from coolmomentum.experiments.data import (
-    CorruptDatasetError,
-    DatasetError,
-    DatasetNotFoundError,
-    batches,
+from coolmomentum.experiments import datasets
+from coolmomentum.experiments.augment import (
     channel_stats,
-    load_dataset,
     normalize,
-    num_batches,
     pixel_mean,
     random_crop,
     random_flip,
     random_shift,
-    synthetic_dataset,
     translate,
+)
+from coolmomentum.experiments.config import ConfigError, RunConfig
+from coolmomentum.experiments.data import InMemoryData
+from coolmomentum.experiments.datasets import (
+    CorruptDatasetError,
+    DatasetError,
+    DatasetNotFoundError,
+    load_dataset,
+    synthetic_dataset,
 )
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -47,8 +50,8 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def no_data_outside_tmp(monkeypatch, tmp_path):
     """Only the files a test writes are found: no $COOLMOMENTUM_DATA, an empty system folder."""
-    monkeypatch.delenv(data.DATA_ENV, raising=False)
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "system-empty")
+    monkeypatch.delenv(datasets.DATA_ENV, raising=False)
+    monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "system-empty")
 
 
 # --- Fashion-MNIST: gzipped IDX files --------------------------------------------------------
@@ -143,7 +146,7 @@ def test_missing_fashion_mnist_file_names_it(tmp_path):
 
 
 def test_no_fashion_mnist_anywhere_lists_the_places_searched(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "env"))
+    monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path / "env"))
     with pytest.raises(DatasetNotFoundError) as error:
         load_dataset("fashion-mnist", tmp_path / "given")
     message = str(error.value)
@@ -159,13 +162,13 @@ def test_fashion_mnist_search_order(tmp_path, monkeypatch):
         seed: write_fashion_mnist(folder, seed)["train-labels-idx1-ubyte.gz"]
         for seed, folder in enumerate([given, env / "fashion-mnist", system])
     }
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", system)
+    monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST_DIR", system)
 
     def loaded_labels(data_dir):
         return load_dataset("fashion-mnist", data_dir).train_y.numpy()
 
     np.testing.assert_array_equal(loaded_labels(None), labels[2])
-    monkeypatch.setenv(data.DATA_ENV, str(env))
+    monkeypatch.setenv(datasets.DATA_ENV, str(env))
     np.testing.assert_array_equal(loaded_labels(None), labels[1])
     np.testing.assert_array_equal(loaded_labels(tmp_path / "elsewhere"), labels[1])
     np.testing.assert_array_equal(loaded_labels(given), labels[0])
@@ -179,7 +182,7 @@ REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
     reason="apt-get install dataset-fashion-mnist to run this",
 )
 def test_real_fashion_mnist(monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", REAL_FASHION_MNIST)
+    monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST_DIR", REAL_FASHION_MNIST)
     ds = load_dataset("fashion-mnist")
     assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
     assert ds.train_y.bincount().tolist() == [6000] * 10
@@ -238,7 +241,7 @@ def test_cifar10_round_trip(tmp_path, monkeypatch, layout):
     train_x, train_y, test_x, test_y = write_cifar10(tmp_path / "cifar-10-batches-py")
     data_dir = {"parent": tmp_path, "folder itself": tmp_path / "cifar-10-batches-py"}.get(layout)
     if layout == "env":
-        monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+        monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path))
     ds = load_dataset("cifar10", data_dir)
     assert (ds.num_classes, ds.in_channels, ds.image_size) == (10, 3, 32)
     np.testing.assert_array_equal(ds.train_x.numpy(), train_x)
@@ -512,33 +515,55 @@ def test_augmentations_cost_the_same_number_of_ops_for_any_batch(augment):
 
 # --- batching --------------------------------------------------------------------------------
 
+def _in_memory(device: str, **settings) -> InMemoryData:
+    """2048 synthetic training images (labels replaced by their index) and 512 test images."""
+    d = InMemoryData(RunConfig(dataset="synthetic", **settings), torch.device(device))
+    d.ds = dataclasses.replace(d.ds, train_y=torch.arange(d.num_train, device=device))
+    return d
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_batches_shuffle_reproducibly_and_drop_the_last(device):
-    ds = synthetic_dataset(100, 30).to(device)
-    ds = data.Dataset(ds.name, ds.train_x, torch.arange(100, device=device), ds.test_x,
-                      ds.test_y, ds.num_classes, ds.in_channels, ds.image_size)
-
-    def epoch(seed):
-        generator = torch.Generator(device).manual_seed(seed)
-        return list(batches(ds, 32, train=True, generator=generator))
-
-    first = epoch(0)
-    assert len(first) == num_batches(ds, 32, train=True) == 3
-    seen = torch.cat([y for _, y in first])
-    assert len(seen) == 96 and len(set(seen.tolist())) == 96  # each sample at most once
+    d = _in_memory(device, batch_size=500)
+    first = list(d.train_batches(0))
+    assert len(first) == d.steps_per_epoch() == 4
+    seen = torch.cat([y for _, y, _ in first])
+    assert len(seen) == 2000 and len(set(seen.tolist())) == 2000  # each sample at most once
     assert seen.tolist() != sorted(seen.tolist())
-    for x, y in first:
-        assert x.device.type == device and x.shape == (32, 3, 32, 32)
-        assert torch.equal(x, ds.train_x[y])  # images stay with their labels
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(first, epoch(0)))
-    assert not torch.equal(first[0][1], epoch(1)[0][1])
+    for x, y, share in first:
+        assert x.device.type == device and x.shape == (500, 3, 32, 32) and share == 1
+        assert torch.equal(x, d.prepare(d.ds.train_x[y]))  # images stay with their labels
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(first, d.train_batches(0)))
+    assert not torch.equal(first[0][1], next(d.train_batches(1))[1])
 
 
-def test_test_batches_cover_the_test_set_in_order():
-    ds = synthetic_dataset(10, 30)
-    out = list(batches(ds, 8, train=False))
-    assert len(out) == num_batches(ds, 8, train=False) == 4
-    assert torch.equal(torch.cat([x for x, _ in out]), ds.test_x)
-    assert torch.equal(torch.cat([y for _, y in out]), ds.test_y)
-    with pytest.raises(ValueError, match="batch_size"):
-        next(batches(ds, 0, train=False))
+@pytest.mark.parametrize("augment", ["none", "shift-flip"])
+def test_an_epoch_started_mid_way_yields_the_rest_of_the_same_epoch(augment):
+    d = _in_memory("cpu", batch_size=300, augment=augment, seed=5)
+    whole = list(d.train_batches(3))
+    tail = list(d.train_batches(3, start=4))
+    assert len(tail) == len(whole) - 4 == 2
+    for (x, y, _), (x_tail, y_tail, _) in zip(whole[4:], tail, strict=True):
+        assert torch.equal(x, x_tail) and torch.equal(y, y_tail)
+
+
+def test_evaluation_batches_cover_the_test_set_or_the_training_set_in_order():
+    d = _in_memory("cpu", eval_batch_size=200, augment="crop-flip")
+    out = list(d.eval_batches())
+    assert [len(y) for _, y in out] == [200, 200, 112] and d.eval_name == "test"
+    assert torch.equal(torch.cat([x for x, _ in out]), d.prepare(d.ds.test_x))
+    assert torch.equal(torch.cat([y for _, y in out]), d.ds.test_y)
+    whole = list(d.eval_batches(training_set=True))  # unaugmented
+    assert torch.equal(torch.cat([x for x, _ in whole]), d.prepare(d.ds.train_x))
+
+
+def test_validation_holds_out_the_last_training_images_and_drops_the_test_set():
+    full = load_dataset("synthetic")
+    d = InMemoryData(RunConfig(dataset="synthetic", validation=300, train_subset=1000),
+                     torch.device("cpu"))  # fmt: skip
+    assert (d.eval_name, d.num_eval, d.num_train) == ("val", 300, 1000)
+    assert torch.equal(d.ds.test_x, full.train_x[-300:])
+    assert torch.equal(d.ds.test_y, full.train_y[-300:])
+    assert torch.equal(d.ds.train_x, full.train_x[:1000])
+    with pytest.raises(ConfigError, match="leaves no training images"):
+        InMemoryData(RunConfig(dataset="synthetic", validation=2048), torch.device("cpu"))

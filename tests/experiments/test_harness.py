@@ -14,7 +14,11 @@ import torch
 from test_data import write_fashion_mnist
 
 from coolmomentum import cli, schedules
-from coolmomentum.experiments import train
+from coolmomentum.experiments.checkpoint import load_metrics
+from coolmomentum.experiments.config import ConfigError, OptimizerSpec, RunConfig
+from coolmomentum.experiments.data import InMemoryData
+from coolmomentum.experiments.loop import train
+from coolmomentum.experiments.optimizers import param_groups
 from coolmomentum.experiments.presets import PRESETS
 from coolmomentum.experiments.report import PLOTS
 
@@ -133,7 +137,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(data_dir, tmp_pa
         capture_output=True,
         text=True,
     )
-    assert "resuming after epoch" in done.stdout
+    assert "resuming after step" in done.stdout
 
     a = torch.load(straight / "coolmomentum/checkpoint.pt", weights_only=True)
     b = torch.load(ckpt, weights_only=True)
@@ -147,7 +151,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(data_dir, tmp_pa
         ]
 
     assert timeless(a["metrics"]) == timeless(b["metrics"])
-    assert timeless(train.load_metrics(killed / "coolmomentum")) == timeless(a["metrics"])
+    assert timeless(load_metrics(killed / "coolmomentum")) == timeless(a["metrics"])
 
 
 def test_existing_checkpoint_needs_resume_and_the_same_config(data_dir, tmp_path, capsys):
@@ -170,10 +174,10 @@ def test_existing_checkpoint_needs_resume_and_the_same_config(data_dir, tmp_path
 
 
 def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    from coolmomentum.experiments import data
+    from coolmomentum.experiments import datasets
 
     monkeypatch.delenv("COOLMOMENTUM_DATA", raising=False)
-    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "none")
+    monkeypatch.setattr(datasets, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "none")
     assert run_cli("train", *TINY, "--data-dir", tmp_path / "empty", "--out", tmp_path / "o") == 2
     err = capsys.readouterr().err
     assert "dataset-fashion-mnist" in err and str(tmp_path / "empty") in err
@@ -211,10 +215,18 @@ def test_set_changes_one_run_and_lr_decay_steps_the_learning_rate(data_dir, tmp_
         "sgd.lr=0.2",
         "--set",
         "sgd.lr_decay=1:0.5,2:0.1",
+        "--set",
+        "sgd.lr_schedule=constant",
     )
-    sgd = train.load_metrics(out / "sgd")
+    sgd = load_metrics(out / "sgd")
     assert [m["lr"] for m in sgd] == pytest.approx([0.2, 0.1, 0.02])
-    assert [m["lr"] for m in train.load_metrics(out / "adam")] == pytest.approx([1e-3] * 3)
+    # The demo's Adam decays along a cosine over the run's 12 steps; each record holds the lr
+    # of its epoch's last step.
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 12)) for k in (3, 7, 11)]
+    adam = load_metrics(out / "adam")
+    assert [m["lr"] for m in adam] == pytest.approx(cosine, rel=1e-12)
+    samples = [s["lr"] for m in adam for s in m["samples"]]
+    assert samples == pytest.approx(cosine, rel=1e-12)  # sampled every 25 steps and at the end
 
 
 def test_hot_phase_in_epochs_holds_rho_0_then_cools_over_the_rest(data_dir, tmp_path):
@@ -233,7 +245,7 @@ def test_hot_phase_in_epochs_holds_rho_0_then_cools_over_the_rest(data_dir, tmp_
         "--schedule",
         "linear-temperature",
     )
-    rhos = [m["rho"] for m in train.load_metrics(out / "coolmomentum")]
+    rhos = [m["rho"] for m in load_metrics(out / "coolmomentum")]
     expected = [
         schedules.rho(k, total_steps=8, hot_steps=4, schedule="linear-temperature")
         for k in (3, 7, 11)
@@ -253,19 +265,25 @@ def test_paper_presets_hold_the_authors_values():
     (cool,) = r34["runs"]
     assert cool["total_steps"] == 200 * math.ceil(50000 / 128) == 78200
     assert (r34["batch_size"], r34["drop_last"], cool["weight_decay"]) == (128, False, 5e-4)
+    assert r34["model_init"] == "pytorch"  # models/resnet_cifar10.py has no init code
     lin = PRESETS["cooling-lin-vs-exp"]["runs"]
     assert sorted(r["hot_epochs"] for r in lin) == [100, 100, 150, 150]
+    # The README's "exponential" arm is optimizers/coolmomentum.py: the temperature law.
+    assert {r["schedule"] for r in lin} == {"exponential-temperature", "linear-temperature"}
+    assert PRESETS["cooling-lin-vs-exp"]["model_init"] == "pytorch"
     for name, preset in PRESETS.items():
-        config = train.RunConfig(**{k: v for k, v in preset.items()}, preset=name)
-        assert config.runs
+        config = RunConfig(**preset, preset=name)
+        assert [r.label for r in config.runs] == [
+            r.get("label", r["optimizer"]) for r in preset["runs"]
+        ]
 
 
 def test_resnet20_preset_decays_conv_kernels_only():
     from coolmomentum.experiments.models import build_model
 
     model = build_model("resnet20", 3, 10)
-    spec = train.OptimizerSpec(optimizer="coolmomentum", weight_decay=2e-4)
-    decay, no_decay = train.param_groups(model, spec, "conv")
+    spec = OptimizerSpec(optimizer="coolmomentum", weight_decay=2e-4)
+    decay, no_decay = param_groups(model, spec, "conv")
     convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert {id(p) for p in decay["params"]} == {id(p) for p in convs}
     assert no_decay["weight_decay"] == 0.0
@@ -283,7 +301,7 @@ def test_smoke_on_real_fashion_mnist(tmp_path, monkeypatch):
         run_cli("train", "--epochs", 1, "--train-subset", 2048, "--test-subset", 1000, "--out", out)
         == 0
     )
-    (m,) = train.load_metrics(out / "coolmomentum")
+    (m,) = load_metrics(out / "coolmomentum")
     assert m["test_acc"] > 0.5  # ten classes: chance is 0.1
 
 
@@ -316,7 +334,7 @@ def test_two_rank_torchrun_killed_and_resumed_matches_an_uninterrupted_run(data_
     proc.wait()
     done = subprocess.run(_torchrun(killed, data_dir, epochs, "--resume"), check=True,
                           capture_output=True, text=True, env=env)
-    assert "resuming after epoch" in done.stdout
+    assert "resuming after step" in done.stdout
 
     a = torch.load(straight / "coolmomentum/checkpoint.pt", weights_only=True)
     b = torch.load(ckpt, weights_only=True)
@@ -336,9 +354,9 @@ def test_two_rank_torchrun_killed_and_resumed_matches_an_uninterrupted_run(data_
 def test_global_batch_must_split_evenly_over_ranks(data_dir, tmp_path, monkeypatch):
     from coolmomentum.experiments.distributed import World
 
-    config = train.RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=15)
-    with pytest.raises(train.ConfigError, match="divisible by the world size"):
-        train.Data(config, torch.device("cpu"), World(rank=0, size=2))
+    config = RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=15)
+    with pytest.raises(ConfigError, match="divisible by the world size"):
+        InMemoryData(config, torch.device("cpu"), World(rank=0, size=2))
 
 
 def test_anneal_runs_from_the_main_command_line(tmp_path, capsys):
@@ -346,3 +364,128 @@ def test_anneal_runs_from_the_main_command_line(tmp_path, capsys):
     assert run_cli("anneal", "lj", "--atoms", 7, "--replicas", 4, "--steps", 50, "--out", out) == 0
     assert "best known minimum" in capsys.readouterr().out
     assert (out / "best.xyz").read_text().startswith("7\n")
+
+
+def test_every_setting_has_a_flag(data_dir, tmp_path):
+    """Settings that presets use are flags too (label smoothing, normalization, warm-up)."""
+    out = tmp_path / "out"
+    args = [*TINY, "--data-dir", data_dir, "--epochs", 1, "--out", out, "--label-smoothing", 0.1,
+            "--normalize", "pixel-mean", "--lr-warmup-steps", 3, "--no-drop-last",
+            "--mean", "0.25", "--model-init", "pytorch"]  # fmt: skip
+    assert run_cli("train", *args) == 0
+    saved = json.loads((out / "coolmomentum/config.json").read_text())
+    assert (saved["label_smoothing"], saved["normalize"], saved["drop_last"]) == (
+        0.1, "pixel-mean", False)
+    assert (saved["mean"], saved["model_init"]) == ([0.25], "pytorch")
+    assert saved["runs"][0]["lr_warmup_steps"] == 3
+    (m,) = load_metrics(out / "coolmomentum")
+    assert m["step"] == 4  # 64 images in batches of 16
+
+
+def test_flags_and_set_values_are_parsed_by_the_settings_types(data_dir, tmp_path, capsys):
+    base = ["compare", *TINY, "--data-dir", data_dir, "--out", tmp_path / "o"]
+    assert run_cli(*base, "--set", "sgd.lr=fast") == 2
+    assert "could not convert string to float: 'fast'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(*base, "--mean", "a,b")
+    assert "expected comma-separated numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(*base, "--schedule", "cosine")
+    assert "invalid choice: 'cosine'" in capsys.readouterr().err
+
+
+def test_evaluation_every_n_steps_and_a_resume_from_mid_epoch(data_dir, tmp_path):
+    """4 steps per epoch, evaluated every 3 steps: at steps 3, 6 and the last, 8."""
+    config = RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=16, seed=3,
+                       epochs=2, eval_every_steps=3, augment="shift-flip")  # fmt: skip
+    (spec,) = config.runs
+    data = InMemoryData(config, torch.device("cpu"))
+    straight = train(config, spec, tmp_path / "straight", data, log=lambda _: None)
+    assert [(m["step"], m["epoch"]) for m in straight] == [(3, 0.75), (6, 1.5), (8, 2)]
+
+    def stop_after_first_evaluation(line):
+        raise KeyboardInterrupt  # after the checkpoint of step 3, in the middle of epoch 1
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, spec, tmp_path / "resumed", data, log=stop_after_first_evaluation)
+    resumed = train(config, spec, tmp_path / "resumed", data, resume=True, log=lambda _: None)
+    a = torch.load(tmp_path / "straight/checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed/checkpoint.pt", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    untimed = [{k: v for k, v in m.items() if k not in ("seconds", "images_per_s")}
+               for m in (*straight, *resumed)]  # fmt: skip
+    assert untimed[:3] == untimed[3:]
+
+
+def test_baselines_adamw_and_schedule_free_train_and_evaluate(data_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("compare", *TINY, "--data-dir", data_dir, "--epochs", 2, "--out", out,
+                   "--optimizers", "adamw,sgd-schedulefree,adamw-schedulefree",
+                   "--set", "adamw.lr_schedule=cosine", "--set", "sgd-schedulefree.lr=0.5",
+                   "--lr-warmup-steps", 2) == 0  # fmt: skip
+    for label in ("adamw", "sgd-schedulefree", "adamw-schedulefree"):
+        metrics = load_metrics(out / label)
+        assert [m["step"] for m in metrics] == [4, 8]
+        assert all(math.isfinite(m["train_loss"]) and m["test_acc"] >= 0 for m in metrics)
+    assert [m["lr"] for m in load_metrics(out / "sgd-schedulefree")] == [0.5, 0.5]
+
+
+def test_a_schedule_free_run_is_not_changed_by_its_evaluations(data_dir, tmp_path):
+    """Evaluating switches to the averaged weights and recomputes batch norm there; training
+    continues from exactly the weights it left, also after a resume."""
+    def run(out, **settings):
+        config = RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=16,
+                           seed=3, epochs=2, runs=[{"optimizer": "sgd-schedulefree", "lr": 0.5,
+                                                    "lr_warmup_steps": 2}], **settings)  # fmt: skip
+        data = InMemoryData(config, torch.device("cpu"))
+        return config, data, train(config, config.runs[0], out, data, log=lambda _: None)
+
+    _, _, rare = run(tmp_path / "rare")
+    config, data, often = run(tmp_path / "often", eval_every_steps=1)
+    assert len(rare) == 2 and len(often) == 8
+    assert often[3]["test_loss"] == rare[0]["test_loss"]  # the same weights at step 4
+
+    def stop(line):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, config.runs[0], tmp_path / "resumed", data, log=stop)
+    train(config, config.runs[0], tmp_path / "resumed", data, resume=True, log=lambda _: None)
+    a = torch.load(tmp_path / "rare/checkpoint.pt", weights_only=True)
+    for name in ("often", "resumed"):
+        b = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), (name, key)
+
+
+def test_validation_split_and_the_final_training_set_loss(data_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("train", *TINY, "--data-dir", data_dir, "--epochs", 2, "--out", out,
+                   "--validation", 16, "--final-train-loss") == 0  # fmt: skip
+    first, last = load_metrics(out / "coolmomentum")
+    assert first["step"] == 3 and last["step"] == 6  # 48 training images: 3 batches of 16
+    assert "val_acc" in last and "test_acc" not in last and last["ema_val_acc"] is None
+    assert "train_eval_loss" not in first and math.isfinite(last["train_eval_loss"])
+    assert last["train_eval_loss"] != last["train_loss"]  # eval mode at the final weights
+    report = (out / "report.md").read_text()
+    assert "final val acc" in report and "![validation accuracy](accuracy.png)" in report
+
+
+def test_temperature_is_the_mean_over_every_element_of_every_group():
+    from coolmomentum.experiments.optimizers import RunOptimizer
+
+    torch.manual_seed(0)
+    small, big = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(50))
+    from coolmomentum import CoolMomentum
+
+    opt = CoolMomentum([{"params": [small], "lr": 0.5}, {"params": [big]}], lr=0.01,
+                       total_steps=10)  # fmt: skip
+    spec = OptimizerSpec()
+    run_opt = RunOptimizer(opt, spec, steps_per_epoch=10, total_steps=10)
+    small.grad, big.grad = torch.randn(3), torch.randn(50)
+    opt.step()
+    v = torch.cat([opt.state[p]["momentum_buffer"] for p in (small, big)])
+    report = run_opt.momentum()
+    assert report["temperature"] == pytest.approx(v.square().mean().item(), rel=1e-6)
+    assert report["rho"] == pytest.approx(0.99)

@@ -12,10 +12,14 @@ from test_data import write_fashion_mnist
 from test_imagenet import _make_tree
 
 from coolmomentum import cli, schedules
-from coolmomentum.experiments import train
+from coolmomentum.experiments.checkpoint import load_metrics
+from coolmomentum.experiments.config import OptimizerSpec, RunConfig
+from coolmomentum.experiments.data import InMemoryData
 from coolmomentum.experiments.distributed import World
-from coolmomentum.experiments.optimizers import TFRMSprop
+from coolmomentum.experiments.loop import train
+from coolmomentum.experiments.optimizers import TFRMSprop, build_optimizer, lr_at, param_groups
 from coolmomentum.experiments.presets import PRESETS
+from coolmomentum.experiments.weight_average import WeightAverage
 
 # 12 training images in 3 classes, 5 validation images; batch 4: 3 steps per epoch.
 TINY_IMAGENET = ["--dataset", "imagenet", "--model", "efficientnet-b0", "--batch-size", "4",
@@ -45,7 +49,7 @@ def test_efficientnet_trains_on_an_image_folder_and_evaluates_its_weight_average
     args = ["train", *TINY_IMAGENET, "--data-dir", tree, "--out", out, "--ema-decay", 0.9]
     # Three epochs' worth, but the run stops after exactly 5 steps (in its second epoch).
     assert run_cli(*args, "--epochs", 3, "--max-steps", 5) == 0
-    metrics = train.load_metrics(out / "coolmomentum")
+    metrics = load_metrics(out / "coolmomentum")
     assert [m["step"] for m in metrics] == [3, 5]
     for m in metrics:
         assert math.isfinite(m["train_loss"]) and math.isfinite(m["ema_test_loss"])
@@ -63,7 +67,7 @@ def test_efficientnet_trains_on_an_image_folder_and_evaluates_its_weight_average
 
 def test_weight_average_follows_tf_num_updates_form():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    ema = train.WeightAverage(model, decay=0.5)
+    ema = WeightAverage(model, decay=0.5)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     for k in (1, 2, 3):
         with torch.no_grad():
@@ -85,7 +89,7 @@ def test_weight_average_follows_tf_num_updates_form():
 def test_without_ema_the_ema_metrics_are_none(fmnist, tmp_path):
     out = tmp_path / "out"
     assert run_cli("train", *TINY_FMNIST, "--data-dir", fmnist, "--epochs", 1, "--out", out) == 0
-    (m,) = train.load_metrics(out / "coolmomentum")
+    (m,) = load_metrics(out / "coolmomentum")
     assert m["ema_test_loss"] is None and m["ema_test_acc"] is None and m["ema_test_top5"] is None
     assert m["test_acc"] <= m["test_top5"] <= 1
     assert "ema" not in torch.load(out / "coolmomentum/checkpoint.pt", weights_only=True)
@@ -93,27 +97,28 @@ def test_without_ema_the_ema_metrics_are_none(fmnist, tmp_path):
 
 def test_momentum_warmup_then_cooling_at_the_global_step_survives_resume(fmnist, tmp_path):
     # 4 steps per epoch; rho = 0 for steps 0..4, then the exponential schedule over 8 steps.
-    config = train.RunConfig(
+    config = RunConfig(
         dataset="fashion-mnist", model="convnet", batch_size=16, seed=3, epochs=3,
         data_dir=str(fmnist), ema_decay=0.9,
         runs=[{"optimizer": "coolmomentum", "lr": 0.05, "momentum_warmup_steps": 5,
                "total_steps": 8}],
     )
     (spec,) = config.runs
-    data = train.Data(config, torch.device("cpu"))
-    rho = train.build_optimizer(torch.nn.Linear(1, 1), spec, config, 4).param_groups[0]["schedule"]
+    data = InMemoryData(config, torch.device("cpu"))
+    optimizer = build_optimizer(torch.nn.Linear(1, 1), spec, config, 4).optimizer
+    rho = optimizer.param_groups[0]["schedule"]
     assert rho(4) == 0.0
     assert rho(5) == schedules.rho(5, rho_0=0.99, total_steps=8) > 0.5
 
-    straight = train.train(config, spec, tmp_path / "straight", data, log=lambda _: None)
+    straight = train(config, spec, tmp_path / "straight", data, log=lambda _: None)
 
     def stop_after_first_epoch(line):
         if "epoch 1/" in line:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.train(config, spec, tmp_path / "resumed", data, log=stop_after_first_epoch)
-    resumed = train.train(config, spec, tmp_path / "resumed", data, resume=True,
+        train(config, spec, tmp_path / "resumed", data, log=stop_after_first_epoch)
+    resumed = train(config, spec, tmp_path / "resumed", data, resume=True,
                           log=lambda _: None)
     # The rho of each epoch's last step (3, 7, 11): the warm-up's 0, then the schedule.
     assert [m["rho"] for m in straight] == [0.0, schedules.rho(7, total_steps=8), 0.0]
@@ -148,23 +153,23 @@ def test_tf_rmsprop_follows_its_formula():
 
 
 def test_rmsprop_learning_rate_warms_up_then_decays_by_staircase():
-    spec = train.OptimizerSpec(**PRESETS["efficientnet-b0-imagenet-rmsprop"]["runs"][0])
+    spec = OptimizerSpec(**PRESETS["efficientnet-b0-imagenet-rmsprop"]["runs"][0])
     peak, per_epoch = 0.128, 1_281_167 / 2048
     assert spec.lr == pytest.approx(peak)
-    assert spec.lr_at(0, 625) == 0.0
-    assert spec.lr_at(3126, 625) == pytest.approx(peak * 3126 / 3127)  # int(5 epochs) = 3127
-    assert spec.lr_at(3127, 625) == pytest.approx(peak * 0.97**2)  # steps since 0, not 3127
+    assert lr_at(spec, 0, 625) == 0.0
+    assert lr_at(spec, 3126, 625) == pytest.approx(peak * 3126 / 3127)  # int(5 epochs) = 3127
+    assert lr_at(spec, 3127, 625) == pytest.approx(peak * 0.97**2)  # steps since 0, not 3127
     decay_steps = 2.4 * per_epoch  # 1501.37: a fractional period, as TF's
-    assert spec.lr_at(math.ceil(3 * decay_steps) - 1, 625) == pytest.approx(peak * 0.97**2)
-    assert spec.lr_at(math.ceil(3 * decay_steps), 625) == pytest.approx(peak * 0.97**3)
-    cool = train.OptimizerSpec(**PRESETS["paper-efficientnet-b0-imagenet"]["runs"][0])
-    assert {cool.lr_at(k, 625) for k in (0, 3127, 218_947)} == {0.6}
+    assert lr_at(spec, math.ceil(3 * decay_steps) - 1, 625) == pytest.approx(peak * 0.97**2)
+    assert lr_at(spec, math.ceil(3 * decay_steps), 625) == pytest.approx(peak * 0.97**3)
+    cool = OptimizerSpec(**PRESETS["paper-efficientnet-b0-imagenet"]["runs"][0])
+    assert {lr_at(cool, k, 625) for k in (0, 3127, 218_947)} == {0.6}
 
 
 def test_imagenet_presets_hold_the_recipes():
     for name in ("paper-efficientnet-b0-imagenet", "efficientnet-b0-imagenet-rmsprop"):
         preset = PRESETS[name]
-        config = train.RunConfig(**preset, preset=name)
+        config = RunConfig(**preset, preset=name)
         (run,) = config.runs
         assert (config.dataset, config.model, config.batch_size) == (
             "imagenet", "efficientnet-b0", 2048)
@@ -178,21 +183,24 @@ def test_imagenet_presets_hold_the_recipes():
     (rms,) = PRESETS["efficientnet-b0-imagenet-rmsprop"]["runs"]
     assert (rms["optimizer"], rms["rms_decay"], rms["momentum"], rms["eps"]) == (
         "rmsprop-tf", 0.9, 0.9, 1e-3)
-    # The harness's network has the recipe's regularization.
+    assert cool["eval_every_steps"] == 6255  # steps_per_eval
+    assert "Expected accuracy: not verified" in cool["description"]
+    assert "Expected top-1 76.3 %, top-5 93.2 %" in PRESETS["efficientnet-b0-imagenet-rmsprop"][
+        "description"]
+    # The harness's network has the recipe's regularization: dropout and drop-connect 0.2.
     from coolmomentum.experiments.models import build_model
-    from coolmomentum.experiments.presets_imagenet import PAPER_EFFICIENTNET_B0
 
     model = build_model(cool["model"], 3, 1000)
-    assert model.dropout.p == PAPER_EFFICIENTNET_B0.dropout
-    assert model.blocks[-1].drop_connect_rate == PAPER_EFFICIENTNET_B0.drop_connect * 15 / 16
+    assert model.dropout.p == 0.2
+    assert model.blocks[-1].drop_connect_rate == 0.2 * 15 / 16
 
 
 def test_weight_decay_spares_batch_norm_only():
     from coolmomentum.experiments.models import build_model
 
     model = build_model("efficientnet-b0", 3, 7)
-    spec = train.OptimizerSpec(weight_decay=1e-5)
-    decay, no_decay = train.param_groups(model, spec, "no-batchnorm")
+    spec = OptimizerSpec(weight_decay=1e-5)
+    decay, no_decay = param_groups(model, spec, "no-batchnorm")
     norms = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
              for p in m.parameters()]
     assert {id(p) for p in no_decay["params"]} == {id(p) for p in norms}
@@ -226,7 +234,7 @@ def test_two_rank_torchrun_on_imagenet(tree, tmp_path):
         check=True, capture_output=True, env=env,
     )
     assert json.loads((out / "coolmomentum/config.json").read_text())["world_size"] == 2
-    (m,) = train.load_metrics(out / "coolmomentum")
+    (m,) = load_metrics(out / "coolmomentum")
     assert m["step"] == 3  # the global batch of 4: 2 images per rank
     assert m["images_per_s"] * m["seconds"] == pytest.approx(12)  # the global images
     assert round(m["test_acc"] * 5, 9) == round(m["test_acc"] * 5)  # the shards cover val once

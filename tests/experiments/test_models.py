@@ -61,7 +61,7 @@ def test_depth_counts_the_weighted_layers(name, depth):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("channels, size, classes", [(3, 32, 10), (1, 28, 100)])
 def test_output_shape(name, channels, size, classes):
-    model = build_model(name, in_channels=channels, num_classes=classes).eval()
+    model = build_model(name, in_channels=channels, num_classes=classes, image_size=size).eval()
     with torch.no_grad():
         assert model(torch.randn(1, channels, size, size)).shape == (1, classes)
 
@@ -119,6 +119,21 @@ def test_he_initialization():
             assert (module.bias == 0).all()
 
 
+def test_pytorch_initialization_keeps_the_layer_defaults():
+    """The authors' ResNet-34: torch's Kaiming-uniform (a = sqrt(5)), std 1 / sqrt(3 fan_in)."""
+    torch.manual_seed(0)
+    model = build_model("resnet34", init="pytorch")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() > 100_000]
+    assert convs
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        bound = fan_in**-0.5
+        assert conv.weight.abs().max().item() <= bound
+        assert conv.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    with pytest.raises(ValueError, match="he-normal, pytorch"):
+        build_model("resnet20", init="xavier")
+
+
 def test_unknown_model_lists_the_names():
     names = "resnet20, resnet32, resnet44, resnet56, resnet34, convnet"
     with pytest.raises(ValueError, match=names):
@@ -128,3 +143,16 @@ def test_unknown_model_lists_the_names():
 def test_cifar_resnets_use_keras_batch_norm_settings():
     bns = [m for m in build_model("resnet20").modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all((bn.momentum, bn.eps) == (0.01, 1e-3) for bn in bns)
+
+
+def test_lstm_reads_the_image_row_by_row():
+    """Sequential Fashion-MNIST: 28 steps of 28 pixels; the output depends on the row order."""
+    torch.manual_seed(0)
+    model = build_model("lstm", in_channels=1, num_classes=10, image_size=28).eval()
+    assert sum(p.numel() for p in model.parameters()) == 214_282
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x)
+        rows, _ = model.lstm(x[:, 0])  # (N, 28 rows, 28 pixels) by hand
+        torch.testing.assert_close(out, model.head(rows[:, -1]))
+        assert not torch.allclose(out, model(x.flip(2)))

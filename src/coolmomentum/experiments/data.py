@@ -1,474 +1,283 @@
-"""Datasets as uint8 tensors, with normalization and augmentation as batched tensor ops.
+"""The data a training run reads: batches on the device, for this rank, reproducible from
+the seed.
 
-A :class:`Dataset` holds whole splits as tensors: images uint8 ``(N, C, H, W)``, labels int64
-``(N,)``. Move it to the device once (``ds.to("cuda")``) and every later step -- shuffling,
-augmentation, normalization, batching -- runs there, on the whole batch at once, with one
-random draw per image from an explicit ``torch.Generator`` (which must live on the same device
-as the data), so a run is reproducible from its seed.
-
-Where the files are looked for (first folder holding any of the dataset's files wins):
-
-- ``fashion-mnist``: the IDX files ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
-  ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz`` in ``data_dir``,
-  ``data_dir/fashion-mnist``, ``$COOLMOMENTUM_DATA``, ``$COOLMOMENTUM_DATA/fashion-mnist``, then
-  ``/usr/share/datasets/fashion-mnist`` (Debian/Ubuntu: ``apt-get install dataset-fashion-mnist``).
-- ``cifar10`` / ``cifar100``: the "CIFAR-10 python version" batches
-  (``cifar-10-batches-py/data_batch_1`` .. ``_5``, ``test_batch``) and
-  ``cifar-100-python/train``, ``test``, in ``data_dir`` or ``$COOLMOMENTUM_DATA`` (the folder
-  the archive was unpacked into, or the unpacked folder itself).
-
-The CIFAR batches are Python pickles, and unpickling can run arbitrary code. They are read
-with an unpickler that only builds the numpy array and dtype the official files contain and
-refuses any other global, so a tampered file fails to load instead of running code.
+:class:`TrainingData` is what the loop needs; :class:`InMemoryData` (Fashion-MNIST, CIFAR,
+synthetic: the whole dataset on the device as uint8, augmented there) and
+:class:`ImageNetData` (JPEGs decoded in DataLoader workers) provide it. Every random draw
+comes from a seed derived from ``(run seed, purpose, epoch, step)`` (:func:`derived_seed`),
+so an epoch can start at any step and a resumed run sees the batches an uninterrupted one
+would.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
+import enum
+import hashlib
 import math
-import os
-import pickle
-import struct
-import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import Protocol
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from coolmomentum.errors import UsageError
+from . import augment, imagenet
+from .config import IMAGENET, ConfigError, RunConfig
+from .datasets import load_dataset
+from .distributed import World
 
 __all__ = [
-    "DATASETS",
-    "DATA_ENV",
-    "CorruptDatasetError",
-    "Dataset",
-    "DatasetError",
-    "DatasetNotFoundError",
-    "batches",
-    "channel_stats",
-    "load_dataset",
-    "normalize",
-    "num_batches",
-    "pixel_mean",
-    "random_crop",
-    "random_flip",
-    "random_shift",
-    "synthetic_dataset",
-    "translate",
+    "CROP_PADDING",
+    "SHIFT_FRACTION",
+    "ImageNetData",
+    "InMemoryData",
+    "Stream",
+    "TrainingData",
+    "derived_seed",
+    "load_data",
 ]
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "synthetic")
-DATA_ENV = "COOLMOMENTUM_DATA"
-SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-Fill = Literal["zero", "nearest"]
-
-
-class DatasetError(UsageError):
-    """A dataset's files are missing or are not what they should be."""
+# ``shift-flip``: shifts of up to this fraction of the side (Keras' width/height_shift_range
+# of the authors' ResNet-20 run). ``crop-flip``: zero padding of the random crop (CIFAR's).
+SHIFT_FRACTION = 0.1
+CROP_PADDING = 4
 
 
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """A dataset's files are not where they are looked for."""
+class Stream(enum.IntEnum):
+    """What a derived seed is for: each purpose draws from its own stream."""
+
+    ORDER = 1  # the permutation of the training set, per epoch
+    AUGMENT = 2  # the augmentation of one batch
+    MODEL = 3  # the model's own randomness (dropout, drop-connect) in one step
 
 
-class CorruptDatasetError(DatasetError, ValueError):
-    """A dataset file exists but does not hold what its format promises."""
+def derived_seed(seed: int, stream: Stream, epoch: int, step: int = 0) -> int:
+    """A reproducible 63-bit seed, distinct for every ``(seed, stream, epoch, step)``."""
+    key = f"{seed}/{int(stream)}/{epoch}/{step}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """Train and test splits as tensors: images uint8 ``(N, C, H, W)``, labels int64 ``(N,)``."""
+def rank_batch(config: RunConfig, world: World) -> int:
+    """This rank's part of the global batch."""
+    if config.batch_size % world.size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is the global batch, split over {world.size} "
+            f"ranks: it must be divisible by the world size"
+        )
+    return config.batch_size // world.size
 
-    name: str
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    num_classes: int
+
+class TrainingData(Protocol):
+    """What the training loop reads from a dataset.
+
+    ``eval_name`` names the evaluation set: ``"test"``, or ``"val"`` when it is held out of
+    the training images (``RunConfig.validation``); ``num_eval`` is its size.
+    """
+
+    world: World
+    device: torch.device
+    channels_last: bool
+    num_train: int
+    num_eval: int
+    eval_name: str
     in_channels: int
+    num_classes: int
     image_size: int
 
-    def to(self, device: torch.device | str) -> Dataset:
-        """The same dataset with its tensors on ``device``."""
-        return dataclasses.replace(
-            self,
-            train_x=self.train_x.to(device),
-            train_y=self.train_y.to(device),
-            test_x=self.test_x.to(device),
-            test_y=self.test_y.to(device),
-        )
+    def steps_per_epoch(self) -> int: ...
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor, float]]:
+        """This rank's ``(images, labels, share)`` of global batches ``start``, ``start + 1``,
+        ... of ``epoch``; ``share`` weights the rank's mean loss so that the ranks' average
+        gradient is the global batch's."""
+        ...
+
+    def eval_batches(self, training_set: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's shard of the evaluation set (or of the training set, unaugmented), in
+        order, in batches."""
+        ...
 
 
-def load_dataset(
-    name: str, data_dir: str | os.PathLike[str] | None = None, **synthetic_options: Any
-) -> Dataset:
-    """Load ``"fashion-mnist"``, ``"cifar10"``, ``"cifar100"`` or ``"synthetic"`` on the CPU.
+class InMemoryData:
+    """A dataset held on the device as uint8, normalized and augmented there in batches.
 
-    ``synthetic_options`` are passed to :func:`synthetic_dataset` and only accepted for it.
-    Raises :class:`DatasetNotFoundError` or :class:`CorruptDatasetError` (both
-    :class:`DatasetError`) naming the file and how to obtain the data.
+    With ``config.validation = N`` the last ``N`` training images are the evaluation set
+    (``ds.test_x``) and the test set is not kept; ``train_subset`` then takes the first images
+    of the rest, ``test_subset`` the first of the evaluation set.
     """
-    if name == "synthetic":
-        return synthetic_dataset(**synthetic_options)
-    if synthetic_options:
-        raise TypeError(f"options {sorted(synthetic_options)} apply only to 'synthetic' data")
-    if name == "fashion-mnist":
-        return _load_fashion_mnist(data_dir)
-    if name in _CIFAR:
-        return _load_cifar(name, data_dir)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
+    def __init__(self, config: RunConfig, device: torch.device, world: World | None = None) -> None:
+        world = world or World()
+        rank_batch(config, world)
+        ds = load_dataset(config.dataset, config.data_dir)
+        self.eval_name = "test"
+        if config.validation:
+            if config.validation >= len(ds.train_x):
+                raise ConfigError(
+                    f"--validation {config.validation} leaves no training images of the "
+                    f"{len(ds.train_x)}"
+                )
+            cut = len(ds.train_x) - config.validation
+            ds = dataclasses.replace(
+                ds,
+                train_x=ds.train_x[:cut],
+                train_y=ds.train_y[:cut],
+                test_x=ds.train_x[cut:],
+                test_y=ds.train_y[cut:],
+            )
+            self.eval_name = "val"
+        if config.train_subset:
+            ds = dataclasses.replace(
+                ds,
+                train_x=ds.train_x[: config.train_subset],
+                train_y=ds.train_y[: config.train_subset],
+            )
+        if config.test_subset:
+            ds = dataclasses.replace(
+                ds, test_x=ds.test_x[: config.test_subset], test_y=ds.test_y[: config.test_subset]
+            )
+        self.ds = ds.to(device)
+        self.num_train, self.num_eval = len(ds.train_x), len(ds.test_x)
+        self.in_channels, self.num_classes = ds.in_channels, ds.num_classes
+        self.image_size = ds.image_size
+        self.device = device
+        self.config = config
+        self.world = world
+        if config.normalize == "pixel-mean":
+            self.mean: Tensor | list[float] = augment.pixel_mean(self.ds.train_x)
+            self.std: Tensor | list[float] | None = None
+        else:
+            mean, std = augment.channel_stats(self.ds.train_x)
+            self.mean = config.mean if config.mean is not None else mean
+            self.std = config.std if config.std is not None else std
+        self.channels_last = device.type == "cuda"
 
-def _from_arrays(
-    name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-    num_classes: int,
-) -> Dataset:
-    train_x, train_y, test_x, test_y = (
-        torch.from_numpy(np.require(a, requirements=("C", "W"))) for a in (*train, *test)
-    )
-    return Dataset(
-        name, train_x, train_y.long(), test_x, test_y.long(), num_classes,
-        in_channels=train_x.shape[1], image_size=train_x.shape[2],
-    )
+    def steps_per_epoch(self) -> int:
+        n, b = self.num_train, self.config.batch_size
+        return n // b if self.config.drop_last else math.ceil(n / b)
 
+    def prepare(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augment (when a ``generator`` is given) and normalize a uint8 batch."""
+        aug = self.config.augment if generator is not None else "none"
+        if aug == "shift-flip":
+            shift = max(1, int(x.shape[-1] * SHIFT_FRACTION))
+            x = augment.random_flip(augment.random_shift(x, shift, generator), generator)
+        elif aug == "crop-flip":
+            x = augment.random_flip(augment.random_crop(x, CROP_PADDING, generator), generator)
+        x = augment.normalize(x, self.mean, self.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
-def _search_dirs(data_dir: str | os.PathLike[str] | None, subfolder: str) -> list[Path]:
-    bases = [Path(data_dir)] if data_dir is not None else []
-    if os.environ.get(DATA_ENV):
-        bases.append(Path(os.environ[DATA_ENV]))
-    return [folder for base in bases for folder in (base, base / subfolder)]
-
-
-def _find_dir(dirs: Sequence[Path], files: Sequence[str], how_to_get: str) -> Path:
-    for folder in dirs:
-        if any((folder / file).is_file() for file in files):
-            return folder
-    searched = ", ".join(str(folder) for folder in dirs) or "nowhere (no data_dir given)"
-    raise DatasetNotFoundError(f"{files[0]} not found; searched {searched}. {how_to_get}")
-
-
-def _check_labels(
-    path: Path, labels: np.ndarray, count: int, num_classes: int, how_to_get: str
-) -> None:
-    if len(labels) != count:
-        raise CorruptDatasetError(f"{path}: {len(labels)} labels for {count} images. {how_to_get}")
-    if count and (labels.min() < 0 or labels.max() >= num_classes):
-        raise CorruptDatasetError(
-            f"{path}: labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}. "
-            + how_to_get
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor, float]]:
+        """Every rank draws the same order and augmentation, so the global batches are those of
+        a single process whatever the world size."""
+        seed = self.config.seed
+        order_gen = torch.Generator(self.device).manual_seed(
+            derived_seed(seed, Stream.ORDER, epoch)
         )
+        aug_gen = torch.Generator(self.device)
+        x_all, y_all = self.ds.train_x, self.ds.train_y
+        n, b = len(x_all), self.config.batch_size
+        order = torch.randperm(n, generator=order_gen, device=self.device)
+        for i in range(start, self.steps_per_epoch()):
+            index = order[i * b : (i + 1) * b]
+            aug_gen.manual_seed(derived_seed(seed, Stream.AUGMENT, epoch, i))
+            x = self.prepare(x_all[index], aug_gen)
+            mine = torch.tensor_split(torch.arange(len(index)), self.world.size)[self.world.rank]
+            # Data parallelism averages the ranks' gradients; weighting each rank's mean loss
+            # by its share keeps that the global batch's mean when the last batch splits unevenly.
+            share = len(mine) * self.world.size / len(index)
+            yield x[mine], y_all[index][mine], share
+
+    def eval_batches(self, training_set: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        if training_set:
+            x_all, y_all = self.ds.train_x, self.ds.train_y
+        else:
+            x_all, y_all = self.ds.test_x, self.ds.test_y
+        mine = torch.tensor_split(torch.arange(len(x_all)), self.world.size)[self.world.rank]
+        b = self.config.eval_batch_size
+        for start in range(0, len(mine), b):
+            index = mine[start : start + b].to(self.device)
+            yield self.prepare(x_all[index]), y_all[index]
 
 
-# --- Fashion-MNIST: IDX files ----------------------------------------------------------------
+class ImageNetData:
+    """ImageNet from an ImageFolder tree (:mod:`.imagenet`), too big to hold in memory.
 
-_FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-_FASHION_MNIST_HOW_TO_GET = (
-    "Install the files with `apt-get install dataset-fashion-mnist` (into "
-    f"{SYSTEM_FASHION_MNIST_DIR}), or download the four *-ubyte.gz files from "
-    "https://github.com/zalandoresearch/fashion-mnist into data_dir or "
-    f"${DATA_ENV}/fashion-mnist."
-)
-_IDX_IMAGES, _IDX_LABELS = 2051, 2049  # 0x0803: uint8, 3 dims; 0x0801: uint8, 1 dim
+    JPEGs are decoded and augmented in ``config.workers`` DataLoader processes per rank; each
+    rank loads ``batch_size / world size`` images per step (every rank's batches together are
+    the global batch a single process would see: a stretch of the same permutation) and this
+    rank's shard of ``val/``. Batches arrive as uint8 and are normalized on the device.
+    """
 
-
-def _read_idx(path: Path, magic: int) -> np.ndarray:
-    """An IDX file (big-endian magic ``0x0000TTNN``: type ``TT`` = 8 for uint8, ``NN`` dims)."""
-    try:
-        with gzip.open(path, "rb") as file:
-            raw = file.read()
-    except FileNotFoundError:
-        raise DatasetNotFoundError(f"{path} not found. {_FASHION_MNIST_HOW_TO_GET}") from None
-    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        raise CorruptDatasetError(
-            f"{path}: not a complete gzip file ({error}). {_FASHION_MNIST_HOW_TO_GET}"
-        ) from error
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    found = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
-    if found != magic or len(raw) < header:
-        raise CorruptDatasetError(
-            f"{path}: bad IDX magic number {found} (expected {magic}). {_FASHION_MNIST_HOW_TO_GET}"
+    def __init__(self, config: RunConfig, device: torch.device, world: World | None = None) -> None:
+        self.world = world = world or World()
+        if config.data_dir is None:
+            raise ConfigError(
+                "the imagenet dataset needs --data-dir: the folder that holds train/ and val/"
+            )
+        if config.train_subset or config.test_subset or config.validation:
+            raise ConfigError(
+                "--train-subset, --test-subset and --validation do not apply to imagenet"
+            )
+        if config.final_train_loss:
+            raise ConfigError(
+                "--final-train-loss does not apply to imagenet (a pass over 1.28 M images)"
+            )
+        self.eval_name = "test"
+        common = dict(
+            rank=world.rank,
+            world_size=world.size,
+            workers=config.workers,
+            seed=config.seed,
+            image_size=config.image_size,
+            pin_memory=device.type == "cuda",
         )
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) - header != math.prod(shape):
-        raise CorruptDatasetError(
-            f"{path}: the header promises {shape} = {math.prod(shape)} bytes of data, the file "
-            f"holds {len(raw) - header}. {_FASHION_MNIST_HOW_TO_GET}"
+        self.train_loader = imagenet.make_loader(
+            config.data_dir,
+            "train",
+            rank_batch(config, world),
+            train=True,
+            **common,  # type: ignore[arg-type]
         )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
-
-
-def _load_fashion_mnist(data_dir: str | os.PathLike[str] | None) -> Dataset:
-    files = [file for pair in _FASHION_MNIST_FILES.values() for file in pair]
-    dirs = [*_search_dirs(data_dir, "fashion-mnist"), SYSTEM_FASHION_MNIST_DIR]
-    folder = _find_dir(dirs, files, _FASHION_MNIST_HOW_TO_GET)
-    splits = []
-    for image_file, label_file in _FASHION_MNIST_FILES.values():
-        images = _read_idx(folder / image_file, _IDX_IMAGES)
-        labels = _read_idx(folder / label_file, _IDX_LABELS)
-        _check_labels(folder / label_file, labels, len(images), 10, _FASHION_MNIST_HOW_TO_GET)
-        splits.append((images[:, None], labels))
-    return _from_arrays("fashion-mnist", splits[0], splits[1], num_classes=10)
-
-
-# --- CIFAR-10/100: python pickle batches -----------------------------------------------------
-
-@dataclass(frozen=True)
-class _CifarLayout:
-    folder: str
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    label_key: bytes
-    num_classes: int
-
-
-_CIFAR = {
-    "cifar10": _CifarLayout(
-        "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-        b"labels", 10,
-    ),
-    "cifar100": _CifarLayout("cifar-100-python", ("train",), ("test",), b"fine_labels", 100),
-}
-
-
-def _cifar_how_to_get(layout: _CifarLayout) -> str:
-    archive = layout.folder.replace("-batches-py", "-python") + ".tar.gz"
-    return (
-        f"Download the python version ({archive}) from https://www.cs.toronto.edu/~kriz/cifar.html "
-        f"and unpack it into data_dir or ${DATA_ENV}, giving <that folder>/{layout.folder}/."
-    )
-
-
-_reconstruct = np.ndarray((0,)).__reduce__()[0]  # numpy's array-unpickling function
-# Everything the official batches (pickled by Python 2 with numpy 1) need, under numpy 1 and 2
-# module names: the dict, lists, ints and byte strings take no globals.
-_CIFAR_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _CIFAR_GLOBALS[module, name]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: a CIFAR batch holds only numpy arrays"
-            ) from None
-
-
-def _read_cifar_batch(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:
-    how_to_get = _cifar_how_to_get(layout)
-    try:
-        with open(path, "rb") as file:
-            batch = _CifarUnpickler(file, encoding="bytes").load()
-    except FileNotFoundError:
-        raise DatasetNotFoundError(f"{path} not found. {how_to_get}") from None
-    except Exception as error:  # unpickling a damaged file can raise almost anything
-        raise CorruptDatasetError(f"{path}: not a CIFAR batch ({error}). {how_to_get}") from error
-    data = batch.get(b"data") if isinstance(batch, dict) else None
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == 3072):
-        raise CorruptDatasetError(
-            f"{path}: expected a dict with b'data' a uint8 array (N, 3072). {how_to_get}"
+        eval_batch = max(1, config.eval_batch_size // world.size)
+        self.test_loader = imagenet.make_loader(
+            config.data_dir,
+            "val",
+            eval_batch,
+            train=False,
+            **common,  # type: ignore[arg-type]
         )
-    try:
-        labels = np.asarray(batch.get(layout.label_key, []), dtype=np.int64)
-    except (TypeError, ValueError):
-        labels = np.zeros((0, 0), np.int64)  # reported below
-    if labels.ndim != 1:
-        raise CorruptDatasetError(
-            f"{path}: {layout.label_key!r} is not a list of integers. {how_to_get}"
-        )
-    _check_labels(path, labels, len(data), layout.num_classes, how_to_get)
-    return data.reshape(-1, 3, 32, 32), labels  # rows hold the red, green, blue 32x32 planes
+        train_set: imagenet.ImageFolder = self.train_loader.dataset  # type: ignore[assignment]
+        test_set: imagenet.ImageFolder = self.test_loader.dataset  # type: ignore[assignment]
+        self.num_train, self.num_eval = len(train_set), len(test_set)
+        self.in_channels, self.num_classes = 3, len(train_set.classes)
+        self.image_size = config.image_size
+        self.device = device
+        self.channels_last = device.type == "cuda"
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def _on_device(self, x: Tensor) -> Tensor:
+        x = imagenet.normalize_imagenet(x.to(self.device, non_blocking=True))
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor, float]]:
+        imagenet.set_epoch(self.train_loader, epoch, start_batch=start)
+        for x, y in self.train_loader:
+            yield self._on_device(x), y.to(self.device, non_blocking=True), 1.0
+
+    def eval_batches(self, training_set: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        if training_set:
+            raise ConfigError("imagenet is not evaluated on its training set")
+        for x, y in self.test_loader:
+            yield self._on_device(x), y.to(self.device, non_blocking=True)
 
 
-def _load_cifar(name: str, data_dir: str | os.PathLike[str] | None) -> Dataset:
-    layout = _CIFAR[name]
-    files = (*layout.train_files, *layout.test_files)
-    folder = _find_dir(_search_dirs(data_dir, layout.folder), files, _cifar_how_to_get(layout))
-    train, test = (
-        [_read_cifar_batch(folder / file, layout) for file in split]
-        for split in (layout.train_files, layout.test_files)
-    )
-    return _from_arrays(
-        name,
-        (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
-        (np.concatenate([x for x, _ in test]), np.concatenate([y for _, y in test])),
-        layout.num_classes,
-    )
-
-
-# --- synthetic data --------------------------------------------------------------------------
-
-SYNTHETIC_SHAPES = {"cifar": (3, 32, 32), "mnist": (1, 28, 28)}
-
-
-def synthetic_dataset(
-    num_train: int = 2048,
-    num_test: int = 512,
-    *,
-    shape: str = "cifar",
-    num_classes: int = 10,
-    seed: int = 0,
-) -> Dataset:
-    """Random images a network can learn, the same for the same arguments on every machine.
-
-    Each class is a smooth random pattern (a 4x4 grid of random colours, upsampled); an image
-    is its class's pattern plus Gaussian pixel noise. ``shape`` is ``"cifar"`` (3x32x32) or
-    ``"mnist"`` (1x28x28).
-    """
-    if shape not in SYNTHETIC_SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SYNTHETIC_SHAPES)}")
-    channels, height, width = SYNTHETIC_SHAPES[shape]
-    generator = torch.Generator().manual_seed(seed)
-    patterns = torch.rand(num_classes, channels, 4, 4, generator=generator)
-    patterns = F.interpolate(patterns, size=(height, width), mode="bilinear", align_corners=False)
-
-    def split(n: int) -> tuple[Tensor, Tensor]:
-        labels = torch.randint(num_classes, (n,), generator=generator)
-        noise = torch.randn(n, channels, height, width, generator=generator)
-        images = (255 * patterns[labels] + 48 * noise).round().clamp(0, 255).to(torch.uint8)
-        return images, labels
-
-    (train_x, train_y), (test_x, test_y) = split(num_train), split(num_test)
-    return Dataset("synthetic", train_x, train_y, test_x, test_y, num_classes, channels, height)
-
-
-# --- normalization ---------------------------------------------------------------------------
-
-def _moments(x: Tensor, dims: tuple[int, ...], chunk: int = 8192) -> tuple[Tensor, Tensor]:
-    """Mean of ``x / 255`` and of its square over ``dims`` (which include 0), in float64,
-    a chunk of images at a time so that no float copy of the whole set is made."""
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    total_sq = total
-    for start in range(0, len(x), chunk):
-        part = x[start : start + chunk].to(torch.float64) / 255
-        total = total + part.sum(dims)
-        total_sq = total_sq + part.square().sum(dims)
-    count = math.prod(x.shape[d] for d in dims)
-    return total / count, total_sq / count
-
-
-def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and standard deviation ``(C,)`` of uint8 images, in units of 1/255."""
-    mean, mean_sq = _moments(x, (0, 2, 3))
-    return mean.float(), (mean_sq - mean.square()).clamp_min(0).sqrt().float()
-
-
-def pixel_mean(x: Tensor) -> Tensor:
-    """The mean image ``(C, H, W)`` of uint8 images, in units of 1/255: subtracting it is the
-    Keras CIFAR-10 ResNet example's ``subtract_pixel_mean``."""
-    return _moments(x, (0,))[0].float()
-
-
-def normalize(x: Tensor, mean: Tensor | Sequence[float], std: Tensor | Sequence[float] | None = None
-              ) -> Tensor:
-    """``(x / 255 - mean) / std`` as float32 for uint8 images ``(N, C, H, W)``.
-
-    ``mean`` is per channel ``(C,)`` (:func:`channel_stats`) or per pixel ``(C, H, W)``
-    (:func:`pixel_mean`); ``std`` likewise, or ``None`` to only subtract the mean (the Keras
-    ResNet example's pixel-mean mode).
-    """
-    def as_image(stat: Tensor | Sequence[float]) -> Tensor:
-        stat = torch.as_tensor(stat, dtype=torch.float32, device=x.device)
-        return stat[:, None, None] if stat.ndim == 1 else stat
-
-    out = x.float().div_(255).sub_(as_image(mean))
-    return out if std is None else out.div_(as_image(std))
-
-
-# --- augmentation ----------------------------------------------------------------------------
-
-def translate(x: Tensor, dy: Tensor, dx: Tensor, fill: Fill = "zero") -> Tensor:
-    """Shift each image ``x[i]`` (``(N, C, H, W)``) down by ``dy[i]`` and right by ``dx[i]``
-    pixels (negative: up, left): ``out[i, :, r, c] = x[i, :, r - dy[i], c - dx[i]]``.
-
-    Pixels shifted in from outside are 0 with ``fill="zero"`` (in the input's units: black for
-    uint8 images, the mean for normalized ones) or copies of the nearest edge pixel with
-    ``fill="nearest"``. Two gathers over the whole batch; no loop over images.
-    """
-    if fill not in ("zero", "nearest"):
-        raise ValueError(f"fill must be 'zero' or 'nearest', not {fill!r}")
-    n, channels, height, width = x.shape
-    rows = torch.arange(height, device=x.device) - dy.to(x.device)[:, None]  # (N, H)
-    cols = torch.arange(width, device=x.device) - dx.to(x.device)[:, None]  # (N, W)
-    shape = (n, channels, height, width)
-    out = x.gather(2, rows.clamp(0, height - 1)[:, None, :, None].expand(shape))
-    out = out.gather(3, cols.clamp(0, width - 1)[:, None, None, :].expand(shape))
-    if fill == "nearest":
-        return out
-    inside = ((rows >= 0) & (rows < height))[:, None, :, None] & (
-        (cols >= 0) & (cols < width)
-    )[:, None, None, :]
-    return out * inside.to(out.dtype)
-
-
-def random_shift(
-    x: Tensor, max_shift: int, generator: torch.Generator | None = None, fill: Fill = "nearest"
-) -> Tensor:
-    """Shift each image by its own random whole-pixel offset, uniform in
-    ``[-max_shift, max_shift]`` along each axis, filling as :func:`translate` does.
-
-    Keras' ``width_shift_range=0.1, height_shift_range=0.1, fill_mode="nearest"`` (the authors'
-    CIFAR-10 setting) is ``max_shift=3`` for 32x32 images with the default ``fill="nearest"``;
-    Keras draws real-valued offsets and interpolates, this draws integers.
-    """
-    n = len(x)
-    offsets = torch.randint(-max_shift, max_shift + 1, (2, n), generator=generator, device=x.device)
-    return translate(x, offsets[0], offsets[1], fill)
-
-
-def random_crop(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
-    """Pad each image with ``padding`` zeros on every side and crop a random window of the
-    original size: the usual CIFAR augmentation, a zero-filled :func:`random_shift`."""
-    return random_shift(x, padding, generator, fill="zero")
-
-
-def random_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Mirror each image left-right with probability 1/2."""
-    flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
-
-
-# --- batching --------------------------------------------------------------------------------
-
-def num_batches(ds: Dataset, batch_size: int, *, train: bool) -> int:
-    """How many batches :func:`batches` yields per pass."""
-    n = len(ds.train_x if train else ds.test_x)
-    return n // batch_size if train else -(-n // batch_size)
-
-
-def batches(
-    ds: Dataset, batch_size: int, *, train: bool, generator: torch.Generator | None = None
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(images, labels)`` minibatches of one pass over a split, on the dataset's device.
-
-    ``train=True``: the training set in a fresh random order drawn from ``generator``,
-    without the last incomplete batch. ``train=False``: the test set in order, all of it.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    x, y = (ds.train_x, ds.train_y) if train else (ds.test_x, ds.test_y)
-    if not train:
-        for start in range(0, len(x), batch_size):
-            yield x[start : start + batch_size], y[start : start + batch_size]
-        return
-    order = torch.randperm(len(x), generator=generator, device=x.device)
-    for start in range(0, num_batches(ds, batch_size, train=True) * batch_size, batch_size):
-        index = order[start : start + batch_size]
-        yield x[index], y[index]
+def load_data(config: RunConfig, device: torch.device, world: World) -> TrainingData:
+    """The data of ``config.dataset`` for this rank."""
+    cls = ImageNetData if config.dataset == IMAGENET else InMemoryData
+    return cls(config, device, world)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "setup"]
+from .config import ConfigError
+
+__all__ = ["World", "resolve_device", "setup"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,19 @@ class World:
             if wait:
                 dist.barrier()
             dist.destroy_process_group()
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` (CUDA when present) or a device torch knows and has."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r} is not a device torch knows ({e})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    return resolved
 
 
 def setup(device: torch.device) -> tuple[World, torch.device]:

@@ -29,10 +29,12 @@ empty class, a ``val/`` class that ``train/`` lacks, an undecodable image), both
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from .data import CorruptDatasetError, DatasetError, DatasetNotFoundError
+from .datasets import CorruptDatasetError, DatasetError, DatasetNotFoundError
 
 __all__ = [
     "CROP_FRACTION",
@@ -256,7 +258,8 @@ class ShardedSampler(DistributedSampler):
     ``seed + epoch``, cut to a multiple of ``world_size`` so that every rank runs the same
     number of steps. Evaluation (``shuffle=False``): indices ``rank, rank + world_size, ...``
     without padding, so the shards cover every sample exactly once (their sizes may differ
-    by one). Needs no initialized process group. Call :meth:`set_epoch` before each epoch.
+    by one). Needs no initialized process group. Call :meth:`set_epoch` before each epoch;
+    ``skip`` leaves out the first samples of this rank's share (an epoch resumed mid-way).
     """
 
     def __init__(
@@ -271,6 +274,7 @@ class ShardedSampler(DistributedSampler):
             drop_last=shuffle,
         )
         self.size = len(dataset)
+        self.skip = 0
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
@@ -278,12 +282,12 @@ class ShardedSampler(DistributedSampler):
             indices: Iterator[int] = super().__iter__()
         else:
             indices = iter(range(self.rank, self.size, self.num_replicas))
-        return ((epoch, index) for index in indices)
+        return ((epoch, index) for index in itertools.islice(indices, self.skip, None))
 
     def __len__(self) -> int:
         if self.shuffle:
-            return self.num_samples
-        return len(range(self.rank, self.size, self.num_replicas))
+            return max(0, self.num_samples - self.skip)
+        return max(0, len(range(self.rank, self.size, self.num_replicas)) - self.skip)
 
 
 def collate_uint8(batch: Sequence[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
@@ -336,13 +340,15 @@ def make_loader(
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Select the shuffle and the augmentation of ``epoch`` for a :func:`make_loader` loader."""
+def set_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Select the shuffle and the augmentation of ``epoch`` for a :func:`make_loader` loader,
+    starting at its batch ``start_batch``."""
     if not isinstance(loader.sampler, ShardedSampler):
         raise TypeError("set_epoch expects a loader made by make_loader")
-    if epoch < 0:
-        raise ValueError(f"epoch must be non-negative, got {epoch}")
+    if epoch < 0 or start_batch < 0:
+        raise ValueError(f"epoch and start_batch must be non-negative, got {epoch}, {start_batch}")
     loader.sampler.set_epoch(epoch)
+    loader.sampler.skip = start_batch * cast(int, loader.batch_size)
 
 
 def normalize_imagenet(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

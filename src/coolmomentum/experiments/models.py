@@ -16,13 +16,19 @@
   projection shortcuts. 21.3 M parameters.
 - ``efficientnet-b0``: EfficientNet-B0 (:mod:`.efficientnet`), 5.3 M parameters for RGB
   images and 1000 classes, with its own TF-style initialization.
+- ``lstm``: the image read row by row, a sequence of ``H`` steps of ``C * W`` pixels
+  (sequential Fashion-MNIST: 28 steps of 28), through a 2-layer LSTM of 128 units; the last
+  step's output feeds a linear classifier. 214 k parameters for 28x28 images; the LSTM keeps
+  PyTorch's initialization (uniform in ``±1 / sqrt(128)``).
 - ``convnet``: three 3x3 conv + batch norm + ReLU layers (32, 64, 128 channels, 2x2 max-pool
   after the first two), global average pooling and a linear classifier: 94 k parameters, for
   Fashion-MNIST.
 
 The other models' convolution and linear weights get He (Kaiming) normal initialization,
 ``std = sqrt(2 / fan_in)`` (He et al. 2015; Keras ``he_normal``), biases zero, batch norm
-scale 1 and shift 0.
+scale 1 and shift 0 (``init="he-normal"``, the Keras ResNet example's), or keep PyTorch's
+layer defaults (``init="pytorch"``: Kaiming-uniform with ``a = sqrt(5)``, as the authors'
+PyTorch ResNet-34 script leaves them).
 """
 
 from __future__ import annotations
@@ -36,9 +42,19 @@ from torch import Tensor, nn
 
 from .efficientnet import efficientnet_b0
 
-__all__ = ["MODELS", "BasicBlock", "ConvNet", "ResNet", "build_model"]
+__all__ = ["MODELS", "MODEL_INITS", "BasicBlock", "ConvNet", "ResNet", "RowLSTM", "build_model"]
 
-MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet34", "convnet", "efficientnet-b0")
+MODELS = (
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet34",
+    "convnet",
+    "lstm",
+    "efficientnet-b0",
+)
+MODEL_INITS = ("he-normal", "pytorch")
 
 
 def _conv_bn(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -73,7 +89,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def _init(model: nn.Module) -> None:
+def he_normal_init(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
@@ -107,7 +123,6 @@ class ResNet(nn.Module):
                 channels = width
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(channels, num_classes)
-        _init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.blocks(F.relu(self.stem(x)))
@@ -122,7 +137,6 @@ class ConvNet(nn.Module):
         channels = [in_channels, *widths]
         self.convs = nn.ModuleList(_conv_bn(a, b) for a, b in itertools.pairwise(channels))
         self.head = nn.Linear(channels[-1], num_classes)
-        _init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         for i, conv in enumerate(self.convs):
@@ -132,19 +146,56 @@ class ConvNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build_model(name: str, in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    """One of :data:`MODELS`, freshly initialized, for ``in_channels``-channel images."""
-    if name == "convnet":
-        return ConvNet(in_channels, num_classes)
+class RowLSTM(nn.Module):
+    """An image as a sequence of its rows, through an LSTM; a linear classifier on the last
+    step's output."""
+
+    def __init__(
+        self, row_size: int, num_classes: int, hidden_size: int = 128, num_layers: int = 2
+    ) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(row_size, hidden_size, num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, channels, height, width = x.shape
+        rows = x.permute(0, 2, 1, 3).reshape(n, height, channels * width)
+        out, _ = self.lstm(rows)
+        return self.head(out[:, -1])
+
+
+def build_model(
+    name: str,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    init: str = "he-normal",
+    image_size: int = 32,
+) -> nn.Module:
+    """One of :data:`MODELS`, freshly initialized (``init``: one of :data:`MODEL_INITS`; the
+    EfficientNet always has its own), for ``in_channels``-channel images (``image_size``
+    pixels wide: the LSTM's row length depends on it)."""
+    if init not in MODEL_INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(MODEL_INITS)}")
     if name == "efficientnet-b0":
         return efficientnet_b0(num_classes, in_channels=in_channels)
-    if name == "resnet34":
-        return ResNet((3, 4, 6, 3), (64, 128, 256, 512), in_channels, num_classes, True)
-    if name in MODELS:
+    if name == "lstm":
+        lstm = RowLSTM(in_channels * image_size, num_classes)
+        if init == "he-normal":
+            he_normal_init(lstm.head)
+        return lstm
+    model: nn.Module
+    if name == "convnet":
+        model = ConvNet(in_channels, num_classes)
+    elif name == "resnet34":
+        model = ResNet((3, 4, 6, 3), (64, 128, 256, 512), in_channels, num_classes, True)
+    elif name in MODELS:
         n = (int(name.removeprefix("resnet")) - 2) // 6
         model = ResNet((n, n, n), (16, 32, 64), in_channels, num_classes, False)
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):  # Keras defaults: momentum 0.99, epsilon 1e-3
                 module.momentum, module.eps = 0.01, 1e-3
-        return model
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if init == "he-normal":
+        he_normal_init(model)
+    return model

@@ -16,10 +16,18 @@ A preset is plain data: the run settings and the optimizers to compare. Every va
   padding and horizontal flips, normalization by mean (0.4914, 0.4822, 0.4465) and std
   (0.2023, 0.1994, 0.2010); CoolMomentum ``lr=0.01, momentum(rho_0)=0.99,
   weight_decay=5e-4, beta=(1 - 0.99)**(1/(200 * 391))``, i.e. cooling over 78,200 steps.
-- ``optimizers/cool_lin.py``, ``optimizers/coolmomentum.py`` and the figure
-  ``lin_vs_exp.png``: linear-temperature and exponential cooling compared on the ResNet-34
+  ``models/resnet_cifar10.py`` builds the network with PyTorch's default layer
+  initialization (no init code), so the preset uses ``model_init="pytorch"``.
+- ``README.md`` line 113 ("Comparison of the linear and exponential cooling schedules"),
+  ``optimizers/cool_lin.py`` and ``optimizers/coolmomentum.py``, and the figure
+  ``lin_vs_exp.png``: linear-temperature and "exponential" cooling compared on the ResNet-34
   setup when the run stays hot at ``rho_0`` and cools only over its last 50 or 100 epochs.
-  The public scripts do not show how the hot phase was held; here it is ``hot_steps``.
+  The README links its exponential arm to ``optimizers/coolmomentum.py``, whose rule (line
+  23, ``beta = ((1 - rho_0)/(1 + rho_0))**(1/cool_steps)``, and line 60, ``rho = (1 - c /
+  beta**k) / (1 + c / beta**k)`` with ``c = (1 - rho_0)/(1 + rho_0)``) is the
+  ``exponential-temperature`` schedule, not the paper's Eq. 20; the linear arm
+  (``cool_lin.py`` line 61) is ``linear-temperature``. The public scripts do not show how
+  the hot phase was held; here it is ``hot_steps``.
 
 The ImageNet presets ``paper-efficientnet-b0-imagenet`` and
 ``efficientnet-b0-imagenet-rmsprop`` are generated from the recipes of
@@ -56,6 +64,7 @@ _RESNET34_CIFAR10: dict[str, Any] = {
     "mean": [0.4914, 0.4822, 0.4465],
     "std": [0.2023, 0.1994, 0.2010],
     "eval_batch_size": 100,
+    "model_init": "pytorch",
 }
 
 
@@ -67,7 +76,9 @@ def imagenet_preset(preset: ImageNetPreset) -> dict[str, Any]:
     ``NUM_TRAIN_IMAGES / batch_size`` steps, not the harness's whole batches per epoch.
     What the recipes fix and the harness always does: RMSProp's mean square starting at 1
     (:class:`.optimizers.TFRMSprop`), the EMA's ``num_updates`` form and evaluating the EMA
-    (:class:`.train.WeightAverage`).
+    beside the weights (:class:`.weight_average.WeightAverage`), random-resized crops and
+    flips (:mod:`.imagenet`), and EfficientNet-B0's dropout and drop-connect of 0.2
+    (:mod:`.efficientnet`).
     """
     tf_epoch = preset.steps_per_epoch
     recipe = preset.optimizer
@@ -92,8 +103,13 @@ def imagenet_preset(preset: ImageNetPreset) -> dict[str, Any]:
             "lr_decay_factor": recipe.lr_decay_factor,
             "lr_decay_every_steps": recipe.lr_decay_epochs * tf_epoch,
         }
+    target = preset.target
+    if target.top1 is None:
+        expected = f"Expected accuracy: {target.source}."
+    else:
+        expected = f"Expected top-1 {target.top1} %, top-5 {target.top5} % ({target.source})."
     return {
-        "description": preset.description,
+        "description": f"{preset.description}. {expected}",
         "dataset": "imagenet",
         "model": preset.model,
         "epochs": math.ceil(preset.train_steps / (NUM_TRAIN_IMAGES // preset.batch_size)),
@@ -104,6 +120,7 @@ def imagenet_preset(preset: ImageNetPreset) -> dict[str, Any]:
         "label_smoothing": preset.label_smoothing,
         "ema_decay": preset.ema_decay,
         "eval_batch_size": preset.eval_batch_size,
+        "eval_every_steps": preset.eval_every_steps,
         "runs": [{**run, "weight_decay": preset.weight_decay}],
     }
 
@@ -112,9 +129,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fashion-mnist-demo": {
         "description": (
             "The default demo: a 94 k-parameter convnet on the 60,000 Fashion-MNIST training "
-            "images for 3 epochs; CoolMomentum cools from rho 0.99 to 0 over the run, SGD "
-            "(momentum 0.9) and Adam keep a constant learning rate. About 5 minutes for all "
-            "three on 2 CPU cores."
+            "images for 3 epochs. CoolMomentum cools from rho 0.99 to 0 over the run with a "
+            "constant learning rate; SGD (momentum 0.9) and Adam decay theirs to 0 along a "
+            "cosine; schedule-free SGD needs no schedule. About 7 minutes for all four on 2 "
+            "CPU cores."
         ),
         "dataset": "fashion-mnist",
         "model": "convnet",
@@ -124,12 +142,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "normalize": "channel",
         "runs": [
             {"optimizer": "coolmomentum", "lr": 0.05, "rho_0": 0.99},
-            {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9},
-            {"optimizer": "adam", "lr": 1e-3},
+            {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "lr_schedule": "cosine"},
+            {"optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine"},
+            {"optimizer": "sgd-schedulefree", "lr": 1.0, "lr_warmup_steps": 140},
         ],
     },
     "paper-resnet20-cifar10": {
-        "description": "The authors' Keras ResNet-20 v1 CIFAR-10 comparison (paper Fig. 1).",
+        "description": (
+            "The authors' Keras ResNet-20 v1 CIFAR-10 comparison (paper Fig. 1), with their "
+            "baselines: Adam and SGD under the Keras example's step decay."
+        ),
         "dataset": "cifar10",
         "model": "resnet20",
         "epochs": 200,
@@ -151,7 +173,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         ],
     },
     "paper-resnet34-cifar10": {
-        "description": "The authors' PyTorch ResNet-34 CIFAR-10 run (paper Fig. 2).",
+        "description": (
+            "The authors' PyTorch ResNet-34 CIFAR-10 run (their README and train_cifar10.py; "
+            "not a figure of the paper)."
+        ),
         **_RESNET34_CIFAR10,
         "runs": [
             {
@@ -165,8 +190,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cooling-lin-vs-exp": {
         "description": (
-            "Linear-temperature vs exponential cooling on the ResNet-34 setup, hot for 150 or "
-            "100 epochs, cooling over the last 50 or 100."
+            "Linear-temperature vs exponential-temperature cooling (the authors' cool_lin.py and "
+            "coolmomentum.py) on the ResNet-34 setup, hot for 150 or 100 epochs, cooling over "
+            "the last 50 or 100."
         ),
         **_RESNET34_CIFAR10,
         "runs": [
@@ -180,7 +206,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "hot_epochs": 200 - cool,
             }
             for cool in (50, 100)
-            for schedule in ("exponential", "linear-temperature")
+            for schedule in ("exponential-temperature", "linear-temperature")
         ],
     },
     **{name: imagenet_preset(preset) for name, preset in IMAGENET_PRESETS.items()},

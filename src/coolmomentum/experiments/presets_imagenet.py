@@ -120,7 +120,6 @@ class RMSPropRecipe:
     decay: float = 0.9  # [tpu] build_optimizer default; [paper-en] "decay 0.9"
     momentum: float = 0.9  # [tpu] build_optimizer default; [paper-en] "momentum 0.9"
     epsilon: float = 1e-3  # [tpu] build_optimizer default, inside the square root
-    initial_mean_square: float = 1.0  # TF1 RMSPropOptimizer's "rms" slot starts at ones
     lr_warmup_epochs: float = 5.0  # [tpu] build_learning_rate warmup_epochs
     lr_decay_factor: float = 0.97  # [tpu] decay_factor; [paper-en] "decays by 0.97"
     lr_decay_epochs: float = 2.4  # [tpu] decay_epochs; [paper-en] "every 2.4 epochs"
@@ -148,21 +147,15 @@ class ImageNetPreset:
     optimizer: CoolMomentumRecipe | RMSPropRecipe
     target: Target
     model: str = "efficientnet-b0"
-    num_classes: int = 1000
     image_size: int = 224  # [tpu] efficientnet_params('efficientnet-b0') resolution
-    dropout: float = 0.2  # [tpu] efficientnet_params('efficientnet-b0') dropout_rate
-    drop_connect: float = 0.2  # [tpu] drop_connect_rate default
     batch_size: int = 2048  # [authors] README --train_batch_size=2048; [tpu] default
     train_steps: int = 218_948  # [authors] README --train_steps=218948 (350.0 epochs)
     weight_decay: float = 1e-5  # [tpu]/[authors] flag weight_decay; L2 in the loss
     weight_decay_batchnorm: bool = False  # batch-norm scales and shifts are not decayed
     label_smoothing: float = 0.1  # [tpu]/[authors] flag label_smoothing
     ema_decay: float = 0.9999  # [tpu]/[authors] flag moving_average_decay
-    ema_num_updates_warmup: bool = True  # decay min(ema_decay, (1 + k) / (10 + k))
-    evaluate_with_ema: bool = True  # [tpu] eval restores ema.variables_to_restore()
     eval_every_steps: int = 6255  # [tpu]/[authors] flag steps_per_eval (~10 epochs)
     eval_batch_size: int = 1024  # [authors] flag eval_batch_size
-    augmentation: str = "random-resized-crop+flip"  # no AutoAugment in [authors] / [tpu]
 
     @property
     def steps_per_epoch(self) -> float:

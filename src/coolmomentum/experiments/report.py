@@ -1,4 +1,9 @@
-"""The report of a comparison: a Markdown table and plots of every run on the same axes."""
+"""The report of a comparison: a Markdown table and plots of every run on the same axes.
+
+A run's metrics are one record per evaluation (:mod:`.loop`); each record's ``samples`` hold
+``lr``, ``rho`` and the temperature every few dozen steps, so those curves show the cooling
+within epochs. The evaluation set is the test set, or the validation split (keys ``val_*``).
+"""
 
 from __future__ import annotations
 
@@ -9,35 +14,45 @@ from typing import Any
 
 from coolmomentum._io import atomic_write
 
-__all__ = ["PLOTS", "write_report"]
+__all__ = ["PLOTS", "table", "write_report"]
 
-# (file name, metric key, y label, log scale)
+Runs = dict[str, list[dict[str, Any]]]
+
+# (file name, metric key or "<eval>_acc" for the evaluation set's, y label, log scale,
+# drawn from the per-step samples)
 PLOTS = (
-    ("train_loss.png", "train_loss", "training loss", True),
-    ("test_accuracy.png", "test_acc", "test accuracy", False),
-    ("rho.png", "rho", "momentum coefficient rho", False),
-    ("temperature.png", "temperature", "temperature (mean v^2)", True),
+    ("train_loss.png", "train_loss", "training loss (running mean)", True, False),
+    ("accuracy.png", "<eval>_acc", "{eval} accuracy", False, False),
+    ("lr.png", "lr", "learning rate", True, True),
+    ("rho.png", "rho", "momentum coefficient rho", False, True),
+    ("temperature.png", "temperature", "temperature (mean v^2)", True, True),
 )
 REPORT = "report.md"
+_SET_NAMES = {"test": "test", "val": "validation"}
 
 
-# Columns shown only when some run measured them: (metric key, header).
-_OPTIONAL = (
-    ("test_top5", "final top-5"),
-    ("ema_test_acc", "final EMA acc"),
-    ("ema_test_top5", "final EMA top-5"),
-)
+def eval_set(runs: Runs) -> str:
+    """``"val"`` when the runs were evaluated on a validation split, else ``"test"``."""
+    return "val" if any(m and "val_acc" in m[0] for m in runs.values()) else "test"
 
 
-def _table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+def table(runs: Runs) -> list[str]:
+    """The Markdown table of final and best results, a line per run."""
+    name = eval_set(runs)
+    optional = (  # columns shown only when some run measured them
+        (f"{name}_top5", "final top-5"),
+        (f"ema_{name}_acc", "final EMA acc"),
+        (f"ema_{name}_top5", "final EMA top-5"),
+        ("train_eval_loss", "final train loss (eval mode, whole set)"),
+    )
     extra = [
         (key, header)
-        for key, header in _OPTIONAL
+        for key, header in optional
         if any(m and m[-1].get(key) is not None for m in runs.values())
     ]
     header = (
-        "| run | epochs | final test acc | best test acc (epoch) | final train loss "
-        "| final test loss | s/epoch |" + "".join(f" {h} |" for _, h in extra)
+        f"| run | epochs | final {name} acc | best {name} acc (epoch) | final train loss "
+        f"| final {name} loss | s/evaluation |" + "".join(f" {h} |" for _, h in extra)
     )
     lines = [header, "|---|" + "---:|" * (6 + len(extra))]
     for label, metrics in runs.items():
@@ -45,31 +60,42 @@ def _table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
             lines.append(f"| {label} | 0 |" + " - |" * (5 + len(extra)))
             continue
         last = metrics[-1]
-        best = max(metrics, key=lambda m: m["test_acc"])
+        best = max(metrics, key=lambda m: m[f"{name}_acc"])
         cells = "".join(
             f" {last[key]:.4f} |" if last.get(key) is not None else " - |" for key, _ in extra
         )
         lines.append(
-            f"| {label} | {last['epoch']} | {last['test_acc']:.4f} | {best['test_acc']:.4f} "
-            f"({best['epoch']}) | {last['train_loss']:.4f} | {last['test_loss']:.4f} "
+            f"| {label} | {last['epoch']} | {last[f'{name}_acc']:.4f} "
+            f"| {best[f'{name}_acc']:.4f} ({best['epoch']}) | {last['train_loss']:.4f} "
+            f"| {last[f'{name}_loss']:.4f} "
             f"| {statistics.median(m['seconds'] for m in metrics):.1f} |{cells}"
         )
     return lines
 
 
-def _plot(
-    runs: dict[str, list[dict[str, Any]]], key: str, ylabel: str, log: bool, path: Path
-) -> bool:
+def _points(metrics: list[dict[str, Any]], key: str, sampled: bool) -> list[tuple[float, Any]]:
+    """``(epoch, value)`` of ``key`` per record, or per step sample."""
+    if not sampled:
+        return [(m["epoch"], m[key]) for m in metrics if m.get(key) is not None]
+    steps_per_epoch = metrics[-1]["step"] / metrics[-1]["epoch"]
+    return [
+        (s["step"] / steps_per_epoch, s[key])
+        for m in metrics
+        for s in m.get("samples", ())
+        if s.get(key) is not None
+    ]
+
+
+def _plot(runs: Runs, key: str, ylabel: str, log: bool, sampled: bool, path: Path) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     values: list[float] = []
     for label, metrics in runs.items():
-        points = [(m["epoch"], m[key]) for m in metrics if m.get(key) is not None]
+        points = _points(metrics, key, sampled) if metrics else []
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
@@ -79,7 +105,6 @@ def _plot(
         if log and min(values) > 0:
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -91,13 +116,15 @@ def _plot(
     return drawn
 
 
-def write_report(out: Path, runs: dict[str, list[dict[str, Any]]], title: str) -> Path:
+def write_report(out: Path, runs: Runs, title: str, description: str = "") -> Path:
     """Write ``report.md`` and the plots into ``out``; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# {title}", "", *_table(runs), ""]
-    for name, key, ylabel, log in PLOTS:
-        if _plot(runs, key, ylabel, log, out / name):
-            lines.append(f"![{ylabel}]({name})")
+    name = eval_set(runs)
+    lines = [f"# {title}", "", *([description, ""] if description else []), *table(runs), ""]
+    for file, key, ylabel, log, sampled in PLOTS:
+        key, ylabel = key.replace("<eval>", name), ylabel.format(eval=_SET_NAMES[name])
+        if _plot(runs, key, ylabel, log, sampled, out / file):
+            lines.append(f"![{ylabel}]({file})")
     lines.append("")
     path = out / REPORT
     atomic_write(path, "\n".join(lines))

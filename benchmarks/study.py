@@ -1,0 +1,694 @@
+"""The optimizer study: CoolMomentum against tuned and schedule-free baselines.
+
+Protocol (details and the results in ``benchmarks/results/study.md``):
+
+1. **Tuning on validation data only.** The last 10,000 Fashion-MNIST training images are
+   held out (``RunConfig.validation``); every tuning run trains on the rest and is scored by
+   its final validation accuracy. Workload 1 gives every optimizer the same budget of 6
+   trials on a log grid of lr centred where its authors recommend; CoolMomentum's 6 are a
+   two-stage search (4 lr with the paper's exponential cooling, then the best lr with the
+   two temperature schedules). Workloads 2 and 3 keep each optimizer's workload-1 choice and
+   tune only lr, with 4 trials: 0.5, 1, 2 and 4 times the workload-1 value (shorter runs
+   and the LSTM tend to want more).
+2. **A change the Langevin picture suggests**, tested on validation: the paper's schedules
+   stop cooling at the temperature of ``rho = 0`` (the step stays ``lr / 2``); the variant
+   cools rho over the first 80 % of the steps and then lowers the step linearly to 0
+   (``lr_schedule="wsd"`` with ``lr_decay_fraction=0.2``). Both arms run 3 seeds per workload.
+3. **Final runs** train on all 60,000 images (workload 2: the same first 10,000) with each
+   chosen setting, and CoolMomentum's untuned paper settings, over 3 seeds, and are the only
+   runs that read the test set. They also measure the loss over the whole training set at the
+   final weights in evaluation mode.
+4. **Budget**: on workload 1 the chosen settings also train for 2 and 5 epochs (3 seeds),
+   without re-tuning lr; CoolMomentum's cooling and the cosine follow the length.
+
+Every run is a harness run (``coolmomentum.experiments``) in ``--work`` and is saved as it
+ends; an interrupted study continues where it stopped when the same command is run again
+(a run cut off mid-way resumes from its last checkpoint). ``--quick`` runs the whole
+pipeline on a tiny subset for one epoch (a test runs it).
+
+    python benchmarks/study.py --jobs 2                 # the full study, hours on 2 cores
+    python benchmarks/study.py --quick --work /tmp/q --results /tmp/q/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "runs" / "study"
+SCHEDULES = ("exponential", "exponential-temperature", "linear-temperature")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    settings: dict[str, Any]  # RunConfig fields
+    epochs: int
+
+
+@dataclass(frozen=True)
+class Run:
+    """One harness run of the study."""
+
+    workload: str
+    label: str  # the row of the tables: the optimizer, or "coolmomentum-paper", ...
+    optimizer: dict[str, Any]  # OptimizerSpec fields
+    seed: int = 0
+    split: str = "val"  # "val": tuning on held-out training images; "test": final runs
+    epochs: int | None = None  # default: the workload's
+    stage: str = "tune"  # tune, variant, final, budget
+
+    @property
+    def id(self) -> str:
+        key = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+        return f"{self.workload}-{self.stage}-{self.label}-s{self.seed}-{digest}"
+
+
+@dataclass
+class Plan:
+    """The study's settings: workloads, grids, seeds, sizes (``--quick`` shrinks them)."""
+
+    workloads: list[Workload]
+    grids: dict[str, list[float]]
+    cool_stage_a: list[float]
+    refine: list[float]  # workloads 2 and 3: multiples of the workload-1 lr
+    seeds: list[int]
+    budgets: list[int]
+    validation: int
+    data: dict[str, Any] = field(default_factory=dict)  # data_dir, subsets
+
+
+def full_plan() -> Plan:
+    common = {"dataset": "fashion-mnist", "batch_size": 128, "eval_batch_size": 1000}
+    return Plan(
+        workloads=[
+            Workload("convnet", "Fashion-MNIST, convnet", {**common, "model": "convnet"}, 10),
+            Workload(
+                "resnet20",
+                "Fashion-MNIST, ResNet-20 with shifts and flips, first 10,000 images",
+                {**common, "model": "resnet20", "augment": "shift-flip", "train_subset": 10_000},
+                5,
+            ),
+            Workload(
+                "lstm",
+                "sequential Fashion-MNIST (28 rows as 28 steps), 2-layer LSTM",
+                {**common, "model": "lstm"},
+                5,
+            ),
+        ],
+        grids={
+            "sgd": [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4],
+            "adamw": [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3],
+            "sgd-schedulefree": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+            "adamw-schedulefree": [5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2],
+        },
+        cool_stage_a=[0.005, 0.01, 0.02, 0.04],
+        refine=[0.5, 2.0, 4.0],
+        seeds=[0, 1, 2],
+        budgets=[2, 5],
+        validation=10_000,
+    )
+
+
+def quick_plan(data_dir: str | None) -> Plan:
+    """Every stage of the study on a few dozen images, one epoch, two baselines, one seed."""
+    plan = full_plan()
+    tiny = {"train_subset": 64, "test_subset": 64, "batch_size": 32, "eval_batch_size": 64}
+    return dataclasses.replace(
+        plan,
+        workloads=[
+            dataclasses.replace(w, settings={**w.settings, **tiny}, epochs=1)
+            for w in plan.workloads
+        ],
+        grids={name: plan.grids[name][2:3] for name in ("sgd", "sgd-schedulefree")},
+        cool_stage_a=[0.01],
+        refine=[],
+        seeds=[0],
+        budgets=[1],
+        validation=64,
+        data={"data_dir": data_dir, "sample_every_steps": 1},
+    )
+
+
+# Fixed per optimizer family (not tuned; stated in the results): coupled L2 for the SGD
+# family and CoolMomentum, decoupled decay for the AdamW family; warm-up over 5 % of the
+# steps where the method's authors prescribe one.
+WEIGHT_DECAY = {"sgd": 5e-4, "sgd-schedulefree": 5e-4, "coolmomentum": 5e-4, "adamw": 0.05,
+                "adamw-schedulefree": 0.05}  # fmt: skip
+WARMUP_FRACTION = {"adamw": 0.05, "sgd-schedulefree": 0.05, "adamw-schedulefree": 0.05}
+PAPER = {"optimizer": "coolmomentum", "lr": 0.01, "rho_0": 0.99, "schedule": "exponential"}
+VARIANT_DECAY_FRACTION = 0.2
+
+
+def steps_per_epoch(workload: Workload, plan: Plan, split: str) -> int:
+    n = workload.settings.get("train_subset") or (
+        60_000 - (plan.validation if split == "val" else 0)
+    )
+    return n // workload.settings["batch_size"]
+
+
+def baseline(name: str, lr: float, workload: Workload, plan: Plan, epochs: int) -> dict[str, Any]:
+    """The OptimizerSpec fields of a baseline at ``lr``, with its family's fixed settings."""
+    spec: dict[str, Any] = {"optimizer": name, "lr": lr, "weight_decay": WEIGHT_DECAY[name]}
+    if name in ("sgd", "adamw"):
+        spec["lr_schedule"] = "cosine"
+    if name == "sgd":
+        spec["momentum"] = 0.9
+    if name in WARMUP_FRACTION:
+        steps = steps_per_epoch(workload, plan, "val") * epochs
+        spec["lr_warmup_steps"] = round(WARMUP_FRACTION[name] * steps)
+    return spec
+
+
+def cool(lr: float, schedule: str, variant: bool = False) -> dict[str, Any]:
+    spec = {"optimizer": "coolmomentum", "lr": lr, "rho_0": 0.99, "schedule": schedule,
+            "weight_decay": WEIGHT_DECAY["coolmomentum"]}  # fmt: skip
+    if variant:
+        spec.update(lr_schedule="wsd", lr_decay_fraction=VARIANT_DECAY_FRACTION)
+    return spec
+
+
+# --- the plan, stage by stage: each stage needs the results of the one before --------------
+
+Results = dict[str, dict[str, Any]]
+
+
+def _best(runs: Iterable[Run], results: Results) -> Run | None:
+    """The run with the highest final validation accuracy (None until all have finished)."""
+    runs = list(runs)
+    if not all(r.id in results for r in runs):
+        return None
+    return max(runs, key=lambda r: results[r.id]["final_acc"])
+
+
+def tuning_runs(plan: Plan, results: Results) -> dict[str, dict[str, list[Run]]]:
+    """Per workload and optimizer, its tuning runs (those that can be planned yet)."""
+    first, *others = plan.workloads
+    tune: dict[str, dict[str, list[Run]]] = {w.name: {} for w in plan.workloads}
+    for name, grid in plan.grids.items():
+        tune[first.name][name] = [
+            Run(first.name, name, baseline(name, lr, first, plan, first.epochs)) for lr in grid
+        ]
+    stage_a = [Run(first.name, "coolmomentum", cool(lr, "exponential"))
+               for lr in plan.cool_stage_a]  # fmt: skip
+    tune[first.name]["coolmomentum"] = stage_a
+    best_a = _best(stage_a, results)
+    if best_a is not None:
+        tune[first.name]["coolmomentum"] = stage_a + [
+            Run(first.name, "coolmomentum", cool(best_a.optimizer["lr"], s)) for s in SCHEDULES[1:]
+        ]
+    choice_1 = {name: _best(runs, results) for name, runs in tune[first.name].items()}
+    for workload in others:
+        for name, chosen in choice_1.items():
+            if chosen is None:
+                continue
+            lrs = [chosen.optimizer["lr"] * f for f in [1.0, *plan.refine]]  # 4 trials
+            if name == "coolmomentum":
+                specs = [cool(lr, chosen.optimizer["schedule"]) for lr in lrs]
+            else:
+                specs = [baseline(name, lr, workload, plan, workload.epochs) for lr in lrs]
+            tune[workload.name][name] = [Run(workload.name, name, s) for s in specs]
+    return tune
+
+
+def chosen_settings(plan: Plan, results: Results) -> dict[str, dict[str, Run | None]]:
+    """Per workload and optimizer, its best tuning run (None until its trials finished)."""
+    tune = tuning_runs(plan, results)
+    return {
+        w.name: {name: _best(runs, results) for name, runs in tune[w.name].items()}
+        for w in plan.workloads
+    }
+
+
+def variant_runs(plan: Plan, choices: dict[str, dict[str, Run | None]]) -> list[Run]:
+    """The tuned CoolMomentum and the variant, on validation, over seeds (seed 0 of the tuned
+    arm is its tuning run)."""
+    runs = []
+    for workload in plan.workloads:
+        tuned = choices[workload.name].get("coolmomentum")
+        if tuned is None:
+            continue
+        variant = cool(tuned.optimizer["lr"], tuned.optimizer["schedule"], variant=True)
+        for seed in plan.seeds:
+            base = tuned if seed == tuned.seed else dataclasses.replace(tuned, seed=seed)
+            runs += [base, Run(workload.name, "coolmomentum-wsd", variant, seed, stage="variant")]
+    return runs
+
+
+def variant_verdict(
+    plan: Plan, results: Results, choices: dict[str, dict[str, Run | None]]
+) -> dict[str, dict[str, Any]] | None:
+    """Per workload: the variant's and the tuned setting's validation accuracy over seeds,
+    and whether the variant is ahead by more than the larger seed standard deviation (None
+    until every variant run has finished)."""
+    runs = variant_runs(plan, choices)
+    if len(runs) < 2 * len(plan.seeds) * len(plan.workloads) or any(
+        r.id not in results for r in runs
+    ):
+        return None
+    verdict = {}
+    for workload in plan.workloads:
+        arms: dict[str, list[float]] = {"coolmomentum": [], "coolmomentum-wsd": []}
+        for run in runs:
+            if run.workload == workload.name:
+                arms[run.label].append(results[run.id]["final_acc"])
+        base, var = arms["coolmomentum"], arms["coolmomentum-wsd"]
+        verdict[workload.name] = {
+            "coolmomentum": base,
+            "coolmomentum-wsd": var,
+            "ahead": statistics.mean(var) - statistics.mean(base) > max(_std(base), _std(var)),
+        }
+    return verdict
+
+
+def final_rows(
+    plan: Plan,
+    choices: dict[str, Run | None],
+    verdict: dict[str, dict[str, Any]],
+    workload: Workload,
+) -> dict[str, dict[str, Any]]:
+    """The settings of the final runs of ``workload``: each optimizer's choice (its warm-up
+    sized for the final runs' training set), the paper's settings, and the variant if it
+    won on validation."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, run in choices.items():
+        assert run is not None
+        rows[name] = _for_length(run.optimizer, workload, plan, workload.epochs)
+    rows["coolmomentum-paper"] = PAPER
+    if sum(v["ahead"] for v in verdict.values()) >= 2:
+        tuned = choices["coolmomentum"]
+        assert tuned is not None
+        rows["coolmomentum-wsd"] = cool(tuned.optimizer["lr"], tuned.optimizer["schedule"], True)
+    return rows
+
+
+def planned_runs(plan: Plan, results: Results) -> list[Run]:
+    """Every run that can be planned with the results so far."""
+    tune = tuning_runs(plan, results)
+    choices = chosen_settings(plan, results)
+    runs = [r for per_workload in tune.values() for rs in per_workload.values() for r in rs]
+    runs += variant_runs(plan, choices)
+    verdict = variant_verdict(plan, results, choices)
+    if verdict is None:
+        return _unique(runs)  # the final runs wait for every choice and the variant's verdict
+    for workload in plan.workloads:
+        rows = final_rows(plan, choices[workload.name], verdict, workload)
+        for label, spec in rows.items():
+            for seed in plan.seeds:
+                runs.append(Run(workload.name, label, spec, seed, "test", stage="final"))
+        if workload is plan.workloads[0]:
+            for epochs in plan.budgets:
+                for label, spec in rows.items():
+                    sized = _for_length(spec, workload, plan, epochs)
+                    for seed in plan.seeds:
+                        runs.append(Run(workload.name, label, sized, seed, "test", epochs,
+                                        "budget"))  # fmt: skip
+    return _unique(runs)
+
+
+def _unique(runs: list[Run]) -> list[Run]:
+    """``runs`` without repeats (the tuned setting's run serves tuning and the variant test)."""
+    return list({run.id: run for run in runs}.values())
+
+
+def _for_length(
+    spec: dict[str, Any], workload: Workload, plan: Plan, epochs: int, split: str = "test"
+) -> dict[str, Any]:
+    """``spec`` with its warm-up re-sized to a run of ``epochs`` on ``split``'s training set
+    (lr is not re-tuned; cooling and cosine follow the run's length by themselves)."""
+    name = spec["optimizer"]
+    if name not in WARMUP_FRACTION:
+        return spec
+    steps = steps_per_epoch(workload, plan, split) * epochs
+    return {**spec, "lr_warmup_steps": round(WARMUP_FRACTION[name] * steps)}
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def execute(run: Run, plan: Plan, work: Path, threads: int) -> dict[str, Any]:
+    """Train ``run`` (resuming its checkpoint if there is one); its summary."""
+    import torch
+
+    from coolmomentum.experiments.config import RunConfig
+    from coolmomentum.experiments.data import InMemoryData
+    from coolmomentum.experiments.loop import train
+
+    torch.set_num_threads(threads)
+    workload = next(w for w in plan.workloads if w.name == run.workload)
+    settings = {**workload.settings, **plan.data}
+    settings.update(
+        epochs=run.epochs or workload.epochs,
+        seed=run.seed,
+        device="cpu",
+        validation=plan.validation if run.split == "val" else None,
+        final_train_loss=run.stage == "final",
+        out=str(work),
+        runs=[{**run.optimizer, "label": run.label}],
+    )
+    config = RunConfig(**settings)
+    data = InMemoryData(config, torch.device("cpu"))
+    started = time.perf_counter()
+    metrics = train(config, config.runs[0], work / run.id, data, resume=True, log=lambda _: None)
+    key = "val" if run.split == "val" else "test"
+    return {
+        "id": run.id,
+        "run": dataclasses.asdict(run),
+        "final_acc": metrics[-1][f"{key}_acc"],
+        "final_loss": metrics[-1][f"{key}_loss"],
+        "acc_per_epoch": [m[f"{key}_acc"] for m in metrics],
+        "train_loss": metrics[-1].get("train_eval_loss"),
+        "running_train_loss": metrics[-1]["train_loss"],
+        "seconds": sum(m["seconds"] for m in metrics),
+        "wall_seconds_this_session": time.perf_counter() - started,
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from coolmomentum._io import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(data, indent=1))
+
+
+def load_results(work: Path) -> Results:
+    done = work / "done"
+    if not done.is_dir():
+        return {}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(done.glob("*.json"))}
+
+
+def run_study(plan: Plan, work: Path, jobs: int, threads: int, log: Any = print) -> Results:
+    results = load_results(work)
+    while True:
+        pending = [r for r in planned_runs(plan, results) if r.id not in results]
+        if not pending:
+            return results
+        log(f"{len(results)} runs done, {len(pending)} to run now")
+        if jobs == 1:
+            for run in pending:
+                summary = execute(run, plan, work, threads)
+                _write_json(work / "done" / f"{run.id}.json", summary)
+                results[run.id] = summary
+                log(f"  {run.id}: {summary['final_acc']:.4f}")
+            continue
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as pool:
+            futures = {pool.submit(execute, run, plan, work, threads): run for run in pending}
+            for future in concurrent.futures.as_completed(futures):
+                run = futures[future]
+                summary = future.result()
+                _write_json(work / "done" / f"{run.id}.json", summary)
+                results[run.id] = summary
+                log(f"  {run.id}: {summary['final_acc']:.4f}")
+
+
+# --- the results files -----------------------------------------------------------------------
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _mean_std(values: list[float], digits: int = 4) -> str:
+    return f"{statistics.mean(values):.{digits}f} ± {_std(values):.{digits}f}"
+
+
+def describe(spec: dict[str, Any]) -> str:
+    name = spec["optimizer"]
+    parts = [f"lr {spec['lr']:g}"]
+    if name == "coolmomentum":
+        parts.append(f"rho_0 {spec.get('rho_0', 0.99)}, {spec.get('schedule', 'exponential')}")
+        if spec.get("lr_schedule") == "wsd":
+            parts.append(f"then lr to 0 over the last {spec['lr_decay_fraction']:.0%}")
+    elif name in ("sgd", "adamw"):
+        parts.append("cosine to 0")
+    else:
+        parts.append("schedule-free")
+    if spec.get("lr_warmup_steps"):
+        parts.append(f"warm-up {spec['lr_warmup_steps']} steps")
+    if spec.get("weight_decay"):
+        parts.append(f"wd {spec['weight_decay']:g}")
+    return ", ".join(parts)
+
+
+def setting_record(spec: dict[str, Any]) -> dict[str, Any]:
+    """The setting of a results record, naming its learning-rate schedule."""
+    if spec["optimizer"] in ("sgd-schedulefree", "adamw-schedulefree"):
+        return {**spec, "lr_schedule": "schedule-free"}
+    return {**spec, "lr_schedule": spec.get("lr_schedule", "constant")}
+
+
+def summarize(plan: Plan, results: Results) -> dict[str, Any]:
+    """Tables of the finished study, as data."""
+    tune = tuning_runs(plan, results)
+    choices = chosen_settings(plan, results)
+    records: list[dict[str, Any]] = []
+    finals: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in results.values():
+        run = Run(**r["run"])
+        if run.stage in ("final", "budget"):
+            key = run.label if run.stage == "final" else f"{run.label}@{run.epochs}"
+            finals.setdefault(run.workload, {}).setdefault(key, []).append(r)
+    for workload in plan.workloads:
+        for rs in finals.get(workload.name, {}).values():
+            rs.sort(key=lambda r: r["run"]["seed"])
+            run = Run(**rs[0]["run"])
+            record = {
+                "workload": workload.name,
+                "optimizer": run.label,
+                "setting": setting_record(run.optimizer),
+                "seeds": [r["run"]["seed"] for r in rs],
+                "test_acc": [r["final_acc"] for r in rs],
+                "train_loss": [r["train_loss"] for r in rs],
+                "seconds": statistics.mean(r["seconds"] for r in rs),
+            }
+            if run.stage == "budget":
+                record["budget_epochs"] = run.epochs
+            records.append(record)
+    return {"tune": tune, "choices": choices, "records": records, "finals": finals}
+
+
+def _plot_png(draw: Any) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw(plt)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_results(
+    plan: Plan, results: Results, out: Path, command: str, wall_hours: float, quick: bool
+) -> None:
+    from coolmomentum._io import atomic_write
+
+    s = summarize(plan, results)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = "study_quick" if quick else "study"
+    records = s["records"]
+    _write_json(out / f"{prefix}.json", records)
+    lines = [
+        "# The optimizer study",
+        "",
+        f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, torch {_torch_version()}; CPU only. "
+        f"Wall time: {wall_hours:.1f} h over all invocations. "
+        f"Runs: {len(results)}, {sum(r['seconds'] for r in results.values()) / 3600:.1f} h of "
+        "training in all. Seconds were measured while other work shared the machine: compare "
+        "them within a table, not with other files.",
+        "",
+        "Protocol: see the docstring of `benchmarks/study.py`. Tuning reads only the validation "
+        f"split (the last {plan.validation:,} training images); the test set is read only by "
+        "the final and budget runs, which train on all training images. Weight decay is fixed "
+        "per family (5e-4 coupled for SGD, schedule-free SGD and CoolMomentum; 0.05 decoupled "
+        "for AdamW and schedule-free AdamW); AdamW and both schedule-free optimizers warm up "
+        "over 5 % of the steps. Schedule-free runs are evaluated at their averaged weights "
+        "with batch-norm statistics recomputed there (50 batches).",
+        "",
+    ]
+    for workload in plan.workloads:
+        lines += [f"## {workload.title} ({workload.epochs} epochs)", ""]
+        lines += ["### Tuning (final validation accuracy, seed 0)", ""]
+        lines += ["| optimizer | setting | val acc |", "|---|---|---:|"]
+        for name, runs in s["tune"][workload.name].items():
+            chosen = s["choices"][workload.name].get(name)
+            for run in runs:
+                if run.id in results:
+                    mark = " **(chosen)**" if chosen is not None and run.id == chosen.id else ""
+                    lines.append(
+                        f"| {name} | {describe(run.optimizer)}{mark} "
+                        f"| {results[run.id]['final_acc']:.4f} |"
+                    )
+        lines += ["", "### Final runs (test set, all training images)", ""]
+        lines += [
+            "| optimizer | setting | seeds | test acc | train loss (eval mode) | s/run |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for r in records:
+            if r["workload"] == workload.name and "budget_epochs" not in r:
+                lines.append(
+                    f"| {r['optimizer']} | {describe(r['setting'])} | {r['seeds']} "
+                    f"| {_mean_std(r['test_acc'])} | {_mean_std(r['train_loss'])} "
+                    f"| {r['seconds']:.0f} |"
+                )
+        lines.append("")
+    lines += _variant_section(plan, results)
+    lines += _budget_section(plan, records)
+    figures = _figures(plan, results, s)
+    for name, png in figures.items():
+        atomic_write(out / f"{prefix}_{name}.png", png)
+        lines.append(f"![{name}]({prefix}_{name}.png)")
+    lines.append("")
+    atomic_write(out / f"{prefix}.md", "\n".join(lines))
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _variant_section(plan: Plan, results: Results) -> list[str]:
+    verdict = variant_verdict(plan, results, chosen_settings(plan, results))
+    if verdict is None:
+        return []
+    lines = [
+        "## Cooling on to zero: the variant, on validation",
+        "",
+        f"`coolmomentum-wsd`: the tuned CoolMomentum setting, its rho cooled over the first "
+        f"{1 - VARIANT_DECAY_FRACTION:.0%} of the steps, then the step lowered linearly to 0. "
+        "Offered in the library only if it is ahead on at least 2 of the 3 workloads by more "
+        "than the seed standard deviation.",
+        "",
+        "| workload | tuned CoolMomentum (val acc) | variant (val acc) | ahead |",
+        "|---|---:|---:|---|",
+    ]
+    for name, v in verdict.items():
+        lines.append(
+            f"| {name} | {_mean_std(v['coolmomentum'])} | {_mean_std(v['coolmomentum-wsd'])} "
+            f"| {'yes' if v['ahead'] else 'no'} |"
+        )
+    return [*lines, ""]
+
+
+def _budget_section(plan: Plan, records: list[dict[str, Any]]) -> list[str]:
+    if not plan.budgets:
+        return []
+    first = plan.workloads[0]
+    rows: dict[str, dict[int, str]] = {}
+    for r in records:
+        if r["workload"] == first.name:
+            epochs = r.get("budget_epochs", first.epochs)
+            rows.setdefault(r["optimizer"], {})[epochs] = _mean_std(r["test_acc"])
+    lengths = [*plan.budgets, first.epochs]
+    lines = [
+        f"## Budget: {first.title}, test accuracy against training length",
+        "",
+        "lr is not re-tuned per length; CoolMomentum's cooling and the cosine span each run.",
+        "",
+        "| optimizer | " + " | ".join(f"{e} epochs" for e in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
+    for name, by_length in rows.items():
+        lines.append(f"| {name} | " + " | ".join(by_length.get(e, "-") for e in lengths) + " |")
+    return [*lines, ""]
+
+
+def _figures(plan: Plan, results: Results, s: dict[str, Any]) -> dict[str, bytes]:
+    figures = {}
+    for workload in plan.workloads:
+        finals = s["finals"].get(workload.name, {})
+        if not any("@" not in k for k in finals):
+            continue
+
+        def draw(plt: Any, finals: dict[str, list[dict[str, Any]]] = finals,
+                 workload: Workload = workload) -> Any:  # fmt: skip
+            fig, (acc, lr) = plt.subplots(1, 2, figsize=(11, 4))
+            for label, rs in finals.items():
+                if "@" in label:
+                    continue
+                curves = [r["acc_per_epoch"] for r in rs]
+                mean = [statistics.mean(c) for c in zip(*curves)]
+                acc.plot(range(1, len(mean) + 1), mean, marker="o", markersize=3, label=label)
+            acc.set(xlabel="epoch", ylabel="test accuracy (mean over seeds)",
+                    title=workload.title)  # fmt: skip
+            acc.grid(alpha=0.3)
+            acc.legend(fontsize=8)
+            for name, runs in s["tune"][workload.name].items():
+                done = [r for r in runs if r.id in results]
+                if name == "coolmomentum":  # the lr sweep of the chosen schedule only
+                    chosen = s["choices"][workload.name].get(name)
+                    schedule = chosen.optimizer["schedule"] if chosen else "exponential"
+                    done = [r for r in done if r.optimizer["schedule"] == schedule]
+                points = sorted((r.optimizer["lr"], results[r.id]["final_acc"]) for r in done)
+                if points:
+                    xs, ys = zip(*points)
+                    lr.plot(xs, ys, marker="o", label=name)
+            lr.set(xscale="log", xlabel="lr", ylabel="validation accuracy (seed 0)",
+                   title="sensitivity to lr")  # fmt: skip
+            lr.grid(alpha=0.3)
+            lr.legend(fontsize=8)
+            return fig
+
+        figures[workload.name] = _plot_png(draw)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny subset, one epoch")
+    parser.add_argument("--work", type=Path, default=WORK, help="the runs (resumable)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the files go")
+    parser.add_argument("--data-dir", help="the Fashion-MNIST files (default: searched)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per run (default: cores / jobs)"
+    )
+    args = parser.parse_args(argv)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    plan = quick_plan(args.data_dir) if args.quick else full_plan()
+    if args.data_dir and not args.quick:
+        plan.data["data_dir"] = args.data_dir
+    args.work.mkdir(parents=True, exist_ok=True)
+    clock = args.work / "wall_seconds.json"
+    previous = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
+    started = time.time()
+    try:
+        results = run_study(plan, args.work, args.jobs, threads)
+    finally:
+        _write_json(clock, {"seconds": previous + time.time() - started})
+    wall = (previous + time.time() - started) / 3600
+    command = "python benchmarks/study.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:])
+    )
+    write_results(plan, results, args.results, command, wall, args.quick)
+    print(f"wrote {args.results}/{'study_quick' if args.quick else 'study'}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

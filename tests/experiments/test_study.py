@@ -1,0 +1,58 @@
+"""The optimizer study's pipeline, end to end on a few dozen images (``--quick``)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from test_data import write_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("study", ROOT / "benchmarks" / "study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["study"]
+
+
+def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch):
+    monkeypatch.delenv("COOLMOMENTUM_DATA", raising=False)
+    data = tmp_path / "fmnist"
+    write_fashion_mnist(data, n_train=160, n_test=64)
+    work, out = tmp_path / "work", tmp_path / "results"
+    argv = ["--quick", "--work", str(work), "--results", str(out), "--data-dir", str(data)]
+    assert study.main(argv) == 0
+    done = sorted(p.name for p in (work / "done").iterdir())
+    plan = study.quick_plan(str(data))
+    assert len(done) == len(study.planned_runs(plan, study.load_results(work))) == 30
+
+    records = json.loads((out / "study_quick.json").read_text())
+    finals = [r for r in records if "budget_epochs" not in r]
+    assert {r["workload"] for r in finals} == {"convnet", "resnet20", "lstm"}
+    assert {r["optimizer"] for r in finals} == {
+        "sgd", "sgd-schedulefree", "coolmomentum", "coolmomentum-paper"}
+    for r in records:
+        assert set(r) >= {"workload", "optimizer", "setting", "seeds", "test_acc", "train_loss",
+                          "seconds"}
+        assert len(r["test_acc"]) == len(r["train_loss"]) == len(r["seeds"]) == 1
+    schedules = {r["optimizer"]: r["setting"]["lr_schedule"] for r in finals}
+    assert schedules["sgd"] == "cosine" and schedules["sgd-schedulefree"] == "schedule-free"
+    assert [r["budget_epochs"] for r in records if "budget_epochs" in r] == [1] * 4
+    report = (out / "study_quick.md").read_text()
+    for heading in ("### Tuning", "### Final runs", "## Cooling on to zero", "## Budget"):
+        assert heading in report
+    for name in ("convnet", "resnet20", "lstm"):
+        assert (out / f"study_quick_{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+    # A study stopped part-way continues: only the missing run is trained again.
+    lost = work / "done" / done[5]
+    lost.unlink()
+    lines = []
+    study.run_study(plan, work, jobs=1, threads=1, log=lines.append)
+    assert lines[0] == "29 runs done, 1 to run now" and lost.exists()
