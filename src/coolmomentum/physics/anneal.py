@@ -48,9 +48,11 @@ from .minimize import Potential, fire
 __all__ = [
     "DIVERGED_TEMPERATURE_FACTOR",
     "AnnealResult",
+    "ReplicaMinima",
     "ReplicaWatch",
     "anneal",
     "can_plot",
+    "langevin_step_",
     "noise_std_for_temperature",
     "plot_traces",
     "temperature_for_noise_std",
@@ -133,8 +135,52 @@ class ReplicaWatch:
         )
 
 
+def langevin_step_(
+    potential: Potential,
+    x: Tensor,
+    optimizer: CoolMomentum,
+    max_force: float | None,
+    watch: ReplicaWatch,
+) -> Tensor:
+    """One step of CoolMomentum's Langevin dynamics for the replicas ``x``, the optimizer's
+    parameter, in place: forces capped at ``max_force``, the step observed by ``watch``,
+    the positions projected onto the problem's constraint. Returns the energies before it."""
+    energy, gradient = potential.energy_and_gradient(x)
+    x.grad = cap_forces_(gradient, max_force)
+    before = x.clone()
+    optimizer.step()
+    watch.observe(before, x)
+    potential.project_(x)
+    return energy
+
+
+class ReplicaMinima:
+    """The lowest of the replicas' minima, for the results of :func:`anneal` and
+    :func:`.hopping.annealed_hopping`."""
+
+    energies: Tensor
+    positions: Tensor
+    known_minimum: float | None
+
+    @property
+    def best_index(self) -> int:
+        return int(self.energies.argmin())
+
+    @property
+    def best_energy(self) -> float:
+        return float(self.energies.min())
+
+    @property
+    def best_positions(self) -> Tensor:
+        return self.positions[self.best_index]
+
+    def gap(self) -> float | None:
+        """``best_energy - known_minimum`` (``None`` where no minimum is known)."""
+        return None if self.known_minimum is None else self.best_energy - self.known_minimum
+
+
 @dataclass
-class AnnealResult:
+class AnnealResult(ReplicaMinima):
     """What :func:`anneal` found. Tensors are on the CPU; ``energies`` and ``positions`` are
     the quenched replicas in their original order.
 
@@ -166,22 +212,6 @@ class AnnealResult:
     evaluations: Tensor
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def best_index(self) -> int:
-        return int(self.energies.argmin())
-
-    @property
-    def best_energy(self) -> float:
-        return float(self.energies.min())
-
-    @property
-    def best_positions(self) -> Tensor:
-        return self.positions[self.best_index]
-
-    def gap(self) -> float | None:
-        """``best_energy - known_minimum`` (``None`` where no minimum is known)."""
-        return None if self.known_minimum is None else self.best_energy - self.known_minimum
 
     def successes(self, tolerance: float = 1e-3) -> int | None:
         """How many replicas ended within ``tolerance`` of the known minimum."""
@@ -382,13 +412,7 @@ def anneal(
         refresh = max(1, steps // 100)
         best_seen = torch.full((), math.inf, dtype=dtype, device=device)
         for k in range(steps):
-            energy, gradient = potential.energy_and_gradient(x)
-            x.grad = cap_forces_(gradient, max_force)
-            before = x.clone()
-            optimizer.step()
-            watch.observe(before, x)
-            potential.project_(x)
-            minimum = energy.min()
+            minimum = langevin_step_(potential, x, optimizer, max_force, watch).min()
             torch.minimum(best_seen, minimum, out=best_seen)
             if (k + 1) % trace_every == 0:
                 record = (k + 1) // trace_every - 1

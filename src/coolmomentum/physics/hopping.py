@@ -36,11 +36,13 @@ from torch import Tensor
 from .._io import atomic_write
 from ..schedules import SCHEDULES
 from ..torch import CoolMomentum
-from ._batch import cap_forces_, check_count, check_positive
+from ._batch import check_count, check_positive
 from .anneal import (
     DIVERGED_TEMPERATURE_FACTOR,
+    ReplicaMinima,
     ReplicaWatch,
     can_plot,
+    langevin_step_,
     noise_std_for_temperature,
     write_structures,
 )
@@ -54,7 +56,7 @@ _ADAPT_EVERY, _TARGET_ACCEPTANCE, _STEP_FACTOR = 10, 0.5, 0.9
 
 
 @dataclass
-class HoppingResult:
+class HoppingResult(ReplicaMinima):
     """What :func:`annealed_hopping` found. Tensors are on the CPU.
 
     ``energies`` and ``positions`` are each replica's lowest minimum ``(R,)`` and ``(R, N, 3)``;
@@ -86,24 +88,8 @@ class HoppingResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def best_index(self) -> int:
-        return int(self.energies.argmin())
-
-    @property
-    def best_energy(self) -> float:
-        return float(self.energies.min())
-
-    @property
-    def best_positions(self) -> Tensor:
-        return self.positions[self.best_index]
-
-    @property
     def total_evaluations(self) -> int:
         return int(self.evaluations.sum())
-
-    def gap(self) -> float | None:
-        """``best_energy - known_minimum`` (``None`` where no minimum is known)."""
-        return None if self.known_minimum is None else self.best_energy - self.known_minimum
 
     def save(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write ``best.xyz``, ``replicas.xyz`` (each replica's lowest minimum, lowest first)
@@ -256,12 +242,7 @@ def annealed_hopping(
                 noise_std=noise_std, generator=noise, track_temperature=False,
             )  # fmt: skip
             for _ in range(anneal_steps):
-                _, gradient = potential.energy_and_gradient(x)
-                x.grad = cap_forces_(gradient, max_force)
-                before = x.clone()
-                optimizer.step()
-                watch.observe(before, x)
-                potential.project_(x)
+                langevin_step_(potential, x, optimizer, max_force, watch)
             x.grad = None
             evaluations += anneal_steps
         trial, trial_energy, spent = quench(x)
