@@ -33,7 +33,7 @@ pinned to one (torch and the BLAS under scipy). Run from the repository root:
     python benchmarks/lj_clusters.py --rates      # evaluations per second, on a quiet machine
     python benchmarks/lj_clusters.py --variants   # what each hop should do, on LJ26
 
-``--variants`` measures the choice of the hop itself: 64 walkers of ``annealed_hopping``
+``--variants`` measures the choice of the hop itself: 128 walkers of ``annealed_hopping``
 (``stop_at_minimum=False``) per variant, each walker an independent run; the evaluations per
 walker hit are the walkers' evaluations up to their first hit (or all, for those that never
 hit) summed, divided by the walkers that hit.
@@ -47,11 +47,13 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_variable] = "1"
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -294,6 +296,21 @@ def load(path: Path) -> dict[str, Any]:
     return {"records": []}
 
 
+@contextlib.contextmanager
+def updating(path: Path) -> Iterator[dict[str, Any]]:
+    """The results file, read under a lock (on its folder: the file itself is replaced by
+    each write) and written back atomically when the block ends, so that runs of different
+    methods can share one file, each changing only its own part."""
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        results = load(path)
+        yield results
+        atomic_write(path, json.dumps(results, indent=1) + "\n")
+    finally:
+        os.close(folder)
+
+
 def record_of(results: dict[str, Any], method: str, atoms: int) -> dict[str, Any]:
     for record in results["records"]:
         if record["method"] == method and record["atoms"] == atoms:
@@ -307,43 +324,44 @@ def record_of(results: dict[str, Any], method: str, atoms: int) -> dict[str, Any
 
 
 def run_trials(args: argparse.Namespace) -> None:
-    results = load(args.json)
-    results["settings"] = settings()
+    with updating(args.json) as results:
+        results["settings"] = settings()
     for atoms in args.sizes:
         for trial in range(args.trials):
             for method in args.methods:
                 if atoms not in SIZES[method]:
                     continue
-                record = record_of(results, method, atoms)
-                if record["trials"] > trial:
+                with updating(args.json) as results:
+                    done = record_of(results, method, atoms)["trials"] > trial
+                if done:
                     continue  # finished in an earlier run
                 started = time.perf_counter()
                 outcome = METHODS[method](atoms, BUDGETS[atoms], trial_seed(atoms, trial))
                 seconds = time.perf_counter() - started
-                record["trials"] += 1
-                record["hits"] += outcome["evals_to_hit"] is not None
-                record["evals_to_hit"].append(outcome["evals_to_hit"])
-                record["evaluations"].append(outcome["evaluations"])
-                record["seconds"].append(round(seconds, 3))
-                record["best_energy"].append(outcome["best"])
-                if "diverged" in outcome:
-                    record["diverged"] = record.get("diverged", 0) + outcome["diverged"]
-                atomic_write(args.json, json.dumps(results, indent=1) + "\n")
+                with updating(args.json) as results:
+                    record = record_of(results, method, atoms)
+                    record["trials"] += 1
+                    record["hits"] += outcome["evals_to_hit"] is not None
+                    record["evals_to_hit"].append(outcome["evals_to_hit"])
+                    record["evaluations"].append(outcome["evaluations"])
+                    record["seconds"].append(round(seconds, 3))
+                    record["best_energy"].append(outcome["best"])
+                    if "diverged" in outcome:
+                        record["diverged"] = record.get("diverged", 0) + outcome["diverged"]
                 print(
                     f"LJ{atoms} {method:<22} trial {trial:>2}: hit after "
                     f"{outcome['evals_to_hit']} of {outcome['evaluations']} evaluations, "
                     f"best {outcome['best']:.6f}, {seconds:.1f} s",
                     flush=True,
                 )
-    write_report(results, args.md)
+    write_report(load(args.json), args.md)
 
 
 def measure_rates(args: argparse.Namespace) -> None:
     """Evaluations per second of each method and size over trials of about
     ``--rate-seconds``: run when the machine is otherwise idle."""
-    results = load(args.json)
     load_average = os.getloadavg()[0]
-    rates = results.setdefault("rates", {})
+    rates: dict[str, Any] = {}
     for atoms in args.sizes:
         for method in args.methods:
             if atoms not in SIZES[method]:
@@ -360,49 +378,56 @@ def measure_rates(args: argparse.Namespace) -> None:
                 load_average=load_average,
             )  # fmt: skip
             print(f"LJ{atoms} {method:<22} {spent / seconds:8.0f} evaluations/s", flush=True)
-    results["rates_measured"] = dict(load_average_at_start=load_average, time=time.ctime())
-    atomic_write(args.json, json.dumps(results, indent=1) + "\n")
+    with updating(args.json) as results:
+        results.setdefault("rates", {}).update(rates)
+        results["rates_measured"] = dict(
+            load_average_at_start=load_average, load_average_at_end=os.getloadavg()[0],
+            time=time.ctime(),
+        )  # fmt: skip
     write_report(results, args.md)
 
 
-# (label, displacement half-width, annealing steps per hop, starting kT of the anneal)
+# (label, displacement half-width, annealing steps per hop, starting kT, rho_0)
 VARIANTS = (
-    ("displace, quench (plain basin hopping)", 0.4, 0, 0.1),
-    ("displace, anneal 10 steps from kT 0.1, quench (the default)", 0.4, 10, 0.1),
-    ("displace, anneal 30 steps from kT 0.15, quench", 0.4, 30, 0.15),
-    ("displace, anneal 30 steps from kT 0.3, quench", 0.4, 30, 0.3),
-    ("displace, anneal 60 steps from kT 0.1, quench", 0.4, 60, 0.1),
-    ("reheat to kT 0.3 and cool over 100 steps, quench (no displacement)", 0.0, 100, 0.3),
-)
+    ("displace, quench (plain basin hopping)", 0.4, 0, 0.1, 0.5),
+    ("displace, anneal 10 steps from kT 0.1 at rho_0 0.5, quench (the default)", 0.4, 10, 0.1, 0.5),
+    ("displace, anneal 10 steps from kT 0.1 at rho_0 0.9, quench", 0.4, 10, 0.1, 0.9),
+    ("displace, anneal 20 steps from kT 0.1 at rho_0 0.5, quench", 0.4, 20, 0.1, 0.5),
+    ("displace, anneal 10 steps from kT 0.3 at rho_0 0.5, quench", 0.4, 10, 0.3, 0.5),
+    ("displace, anneal 30 steps from kT 0.3 at rho_0 0.9, quench", 0.4, 30, 0.3, 0.9),
+    ("reheat to kT 0.3 and cool over 100 steps at rho_0 0.9, quench (no displacement)",
+     0.0, 100, 0.3, 0.9),
+)  # fmt: skip
+WALKERS = 128
 
 
 def measure_variants(args: argparse.Namespace) -> None:
-    results = load(args.json)
-    variants = results.setdefault("variants", {})
     for atoms in args.sizes:
-        for label, step, anneal_steps, temperature in VARIANTS:
+        for label, step, anneal_steps, temperature, rho_0 in VARIANTS:
             key = f"LJ{atoms}: {label}"
-            if key in variants:
+            if key in load(args.json).get("variants", {}):
                 continue
             started = time.perf_counter()
             result = annealed_hopping(
-                LennardJonesCluster(atoms), replicas=64, budget=64 * args.walker_budget,
-                step=step, anneal_steps=anneal_steps, temperature=temperature,
+                LennardJonesCluster(atoms), replicas=WALKERS, budget=WALKERS * args.walker_budget,
+                step=step, anneal_steps=anneal_steps, temperature=temperature, rho_0=rho_0,
                 acceptance_temperature=METROPOLIS_TEMPERATURE, fmax=FMAX, tolerance=TOLERANCE,
                 stop_at_minimum=False, seed=derived_seed(atoms, 999),
             )  # fmt: skip
             hits = result.first_hit_by_replica >= 0
             exposure = torch.where(hits, result.first_hit_by_replica, result.evaluations)
-            variants[key] = dict(
+            variant = dict(
                 atoms=atoms, step=step, anneal_steps=anneal_steps, temperature=temperature,
-                walkers=64, walker_budget=args.walker_budget, walkers_hit=int(hits.sum()),
+                rho_0=rho_0, walkers=WALKERS, walker_budget=args.walker_budget,
+                walkers_hit=int(hits.sum()),
                 evaluations_per_walker_hit=float(exposure.sum()) / max(int(hits.sum()), 1),
-                evaluations_per_hop=result.total_evaluations / 64 / max(result.hops, 1),
+                evaluations_per_hop=result.total_evaluations / WALKERS / max(result.hops, 1),
                 seconds=time.perf_counter() - started,
             )  # fmt: skip
-            atomic_write(args.json, json.dumps(results, indent=1) + "\n")
-            print(f"{key}: {variants[key]}", flush=True)
-    write_report(results, args.md)
+            with updating(args.json) as results:
+                results.setdefault("variants", {})[key] = variant
+            print(f"{key}: {variant}", flush=True)
+    write_report(load(args.json), args.md)
 
 
 def settings() -> dict[str, Any]:
@@ -486,7 +511,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         lines += [
             "## What a hop should do (`--variants`)",
             "",
-            "64 independent walkers per variant, each with the budget below, Metropolis T "
+            f"{WALKERS} independent walkers per variant, each with the budget below, Metropolis T "
             f"{METROPOLIS_TEMPERATURE}, L-BFGS quenches to fmax {FMAX}. Evaluations per walker "
             "hit: the walkers' evaluations up to their first hit (all of them for walkers "
             "that never hit), summed, per walker that hit (an estimate of the mean first "

@@ -38,12 +38,12 @@ _DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
         schedule="exponential", fmax=1e-3,
     ),
     ("hopping", "lj"): dict(
-        replicas=16, steps=10, temperature=0.1, lr=1e-3, rho_0=0.9,
+        replicas=16, steps=10, temperature=0.1, lr=1e-3, rho_0=0.5,
         schedule="linear-temperature", fmax=1e-2, budget=100_000, step=0.4,
         acceptance_temperature=0.8,
     ),
     ("hopping", "thomson"): dict(
-        replicas=16, steps=10, temperature=0.01, lr=1e-3, rho_0=0.9,
+        replicas=16, steps=10, temperature=0.01, lr=1e-3, rho_0=0.5,
         schedule="linear-temperature", fmax=1e-4, budget=100_000, step=0.1,
         acceptance_temperature=0.05,
     ),
@@ -66,7 +66,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="annealing steps: of the run (5000; 0: quench only), or per hop (10)",
     )  # fmt: skip
     common.add_argument("--lr", type=float, help="integration step dt**2 (1e-3)")
-    common.add_argument("--rho-0", type=float, help="starting momentum coefficient (0.99; 0.9)")
+    common.add_argument("--rho-0", type=float, help="starting momentum coefficient (0.99; 0.5)")
     common.add_argument("--schedule", choices=SCHEDULES, help="cooling schedule")
     common.add_argument("--hot-steps", type=int, default=0, help="steps held at rho_0 first")
     noise = common.add_mutually_exclusive_group()
