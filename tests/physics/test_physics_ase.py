@@ -83,6 +83,24 @@ def test_same_seed_same_path_and_restart_file_resumes_exactly(tmp_path):
     np.testing.assert_allclose(resumed.positions, straight.positions, rtol=0, atol=1e-12)
 
 
+def test_restart_restores_the_step_as_the_optimizer_keeps_it(tmp_path):
+    restart = str(tmp_path / "restart.json")
+    first = CoolMomentum(lj_atoms(random_lj13(3)), restart=restart, total_steps=20, noise_std=1.0,
+                         seed=0, logfile=None)  # fmt: skip
+    first.run(fmax=1e-9, steps=7)
+    resumed = CoolMomentum(lj_atoms(random_lj13(3)), restart=restart, total_steps=20,
+                           noise_std=1.0, seed=0, logfile=None)  # fmt: skip
+    saved, loaded = first._opt.state_dict(), resumed._opt.state_dict()
+    for state in (saved, loaded):
+        assert state["param_groups"][0]["step"].dtype == torch.int64
+    assert int(loaded["param_groups"][0]["step"]) == 7
+    # The schedule says when the noise stops: rho reaches 0 after total_steps.
+    resumed.run(fmax=1e-9, steps=12)
+    assert not resumed.cooling_done
+    resumed.run(fmax=1e-9, steps=1)
+    assert resumed.cooling_done
+
+
 def test_native_anneal_and_ase_agree_on_what_they_found(tmp_path):
     result = anneal(LennardJonesCluster(13), replicas=16, steps=800, temperature=0.3, seed=2)
     result.save(tmp_path)

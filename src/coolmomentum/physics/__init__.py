@@ -3,24 +3,30 @@ Thomson problem, batched over independent replicas.
 
 ``positions`` are tensors of shape ``(replicas, particles, 3)``. :func:`anneal` runs
 CoolMomentum with Langevin noise on all replicas at once and quenches them with batched FIRE;
-``coolmomentum.physics.ase`` (needs ``ase``) anneals any ASE calculator.
+:func:`annealed_hopping` is a global optimizer, basin hopping with a CoolMomentum anneal in
+every hop and batched L-BFGS quenches; ``coolmomentum.physics.ase`` (needs ``ase``) anneals
+any ASE calculator.
 """
 
 from .anneal import AnnealResult, anneal, noise_std_for_temperature, temperature_for_noise_std
+from .hopping import HoppingResult, annealed_hopping
 from .lj import GLOBAL_MINIMA, LennardJonesCluster, lj_energy, lj_energy_and_forces
-from .minimize import Potential, QuenchResult, fire
+from .minimize import Potential, QuenchResult, fire, lbfgs
 from .thomson import MINIMAL_ENERGIES, ThomsonProblem, thomson_energy, thomson_energy_and_gradient
 
 __all__ = [
     "GLOBAL_MINIMA",
     "MINIMAL_ENERGIES",
     "AnnealResult",
+    "HoppingResult",
     "LennardJonesCluster",
     "Potential",
     "QuenchResult",
     "ThomsonProblem",
     "anneal",
+    "annealed_hopping",
     "fire",
+    "lbfgs",
     "lj_energy",
     "lj_energy_and_forces",
     "noise_std_for_temperature",

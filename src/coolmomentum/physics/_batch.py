@@ -56,3 +56,12 @@ def scatter_pair_forces(pair_force: Tensor, i: Tensor, j: Tensor, n: int) -> Ten
     forces.index_add_(1, i, pair_force)
     forces.index_add_(1, j, pair_force, alpha=-1.0)
     return forces
+
+
+def cap_forces_(gradient: Tensor, max_force: float | None) -> Tensor:
+    """Scale each particle's gradient in place down to norm ``max_force`` where it is larger
+    (``None``: no cap); returns ``gradient``."""
+    if max_force is not None:
+        norm = gradient.norm(dim=-1, keepdim=True)
+        gradient.mul_((max_force / norm.clamp(min=torch.finfo(norm.dtype).tiny)).clamp(max=1.0))
+    return gradient

@@ -24,6 +24,7 @@ import torch
 from ase import Atoms
 from ase.optimize.optimize import Optimizer
 
+from ..schedules import Schedule
 from ..torch import CoolMomentum as _TorchCoolMomentum
 from .anneal import noise_std_for_temperature
 
@@ -73,6 +74,12 @@ class CoolMomentum(Optimizer):
         self.hot_steps = hot_steps
         self.noise_std = 0.0 if noise_std is None else noise_std
         self.seed = torch.initial_seed() if seed is None else seed
+        self._schedule = Schedule.create(
+            rho_0,
+            None if schedule == "constant" else total_steps,
+            schedule=schedule,
+            hot_steps=hot_steps,
+        )
         super().__init__(atoms, restart, logfile, trajectory, **kwargs)
 
     def initialize(self) -> None:
@@ -102,9 +109,9 @@ class CoolMomentum(Optimizer):
 
     @property
     def cooling_done(self) -> bool:
-        """Whether the schedule has reached ``rho = 0`` (from then on there is no noise)."""
-        cooled_at = self.hot_steps + (self.total_steps if self.schedule != "constant" else 0)
-        return self.schedule != "constant" and self._opt.stats(reset=False)[0]["step"] >= cooled_at
+        """Whether the schedule has reached ``rho = 0``, where it stays (from then on there is
+        no noise); never for a constant ``rho_0 > 0``."""
+        return self._schedule(self._opt.stats(reset=False)[0]["step"]) == 0.0
 
     def step(self, forces: np.ndarray | None = None) -> None:
         gradient = self._get_gradient(forces)
@@ -129,7 +136,7 @@ class CoolMomentum(Optimizer):
         saved = self.load()
         self.initialize()
         state = self._opt.state_dict()
-        state["param_groups"][0]["step"] = torch.tensor(float(saved["step"]), dtype=torch.float64)
+        state["param_groups"][0]["step"] = torch.tensor(int(saved["step"]), dtype=torch.int64)
         if saved["velocity"] is not None:
             velocity = torch.tensor(np.asarray(saved["velocity"]), dtype=torch.float64)
             state["state"] = {0: {"momentum_buffer": velocity}}

@@ -204,7 +204,10 @@ class LennardJonesCluster:
 
     ``confine_radius`` is the confining sphere's radius (``"auto"``:
     :func:`default_confine_radius`; ``None``: no wall). ``energy`` reports the pure LJ energy;
-    ``energy_and_gradient``, what the optimizers descend, includes the wall.
+    ``energy_and_gradient``, what the optimizers descend, includes the wall. ``escape_radius``
+    is twice the wall's radius: an atom beyond it was thrown through the wall, which holds any
+    thermal excursion to a fraction of ``sigma`` (``None`` without a wall, where atoms may
+    evaporate).
     """
 
     name = "LJ"
@@ -223,6 +226,7 @@ class LennardJonesCluster:
         elif confine_radius is not None:
             check_positive(confine_radius, "confine_radius")
         self.confine_radius: float | None = confine_radius
+        self.escape_radius: float | None = None if confine_radius is None else 2 * confine_radius
         self.wall_stiffness = check_positive(wall_stiffness, "wall_stiffness")
         self.known_minimum: float | None = GLOBAL_MINIMA.get(atoms)
         self.label = f"LJ{atoms}"

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._batch import check_count, check_positions, check_positive
 
-__all__ = ["Potential", "QuenchResult", "fire"]
+__all__ = ["Potential", "QuenchResult", "fire", "lbfgs"]
 
 # FIRE's constants, as published.
 _N_MIN, _F_INC, _F_DEC, _ALPHA_START, _F_ALPHA = 5, 1.1, 0.5, 0.1, 0.99
@@ -31,6 +31,9 @@ class Potential(Protocol):
     symbol: str
     particles: int
     known_minimum: float | None
+    escape_radius: float | None
+    """A particle farther than this from its replica's centre means the dynamics failed
+    (``None``: no such bound, e.g. where positions are projected onto a surface)."""
 
     def energy(self, positions: Tensor) -> Tensor:
         """The reported energy of each replica, ``(R,)``."""
@@ -58,9 +61,10 @@ class Potential(Protocol):
 
 @dataclass
 class QuenchResult:
-    """Minimized positions ``(R, N, 3)``, their reported energies ``(R,)``, the largest
-    per-particle force ``(R,)``, whether it fell below ``fmax`` ``(R,)``, and the number of
-    energy-and-gradient evaluations each replica used ``(R,)``."""
+    """Minimized positions ``(R, N, 3)``, their energies ``(R,)`` (of the function minimized,
+    from the last evaluation: for an LJ cluster inside its confining sphere, the LJ energy),
+    the largest per-particle force ``(R,)``, whether it fell below ``fmax`` ``(R,)``, and the
+    number of energy-and-gradient evaluations each replica used ``(R,)``, every one counted."""
 
     positions: Tensor
     energies: Tensor
@@ -108,11 +112,12 @@ def fire(
     downhill = torch.zeros(replicas, dtype=torch.long, device=x.device)
     evaluations = torch.zeros(replicas, dtype=torch.long, device=x.device)
     largest = torch.full_like(step, torch.inf)
+    energy = torch.empty_like(step)
     # Only the replicas still moving are evaluated: the batch shrinks as they converge.
     active = torch.arange(replicas, device=x.device)
     for iteration in range(max_steps + 1):
         xa = x[active]
-        _, gradient = potential.energy_and_gradient(xa)
+        energy[active], gradient = potential.energy_and_gradient(xa)
         evaluations[active] += 1
         largest[active] = gradient.norm(dim=-1).amax(-1)
         moving = largest[active] >= fmax
@@ -142,8 +147,134 @@ def fire(
         x[active] = xa
     return QuenchResult(
         positions=x,
-        energies=potential.energy(x),
+        energies=energy,
         fmax=largest,
         converged=largest < fmax,
         evaluations=evaluations,
     )
+
+
+@torch.no_grad()
+def lbfgs(
+    potential: Potential,
+    positions: Tensor,
+    *,
+    fmax: float = 1e-4,
+    max_steps: int = 5000,
+    memory: int = 10,
+    max_displacement: float = 0.2,
+    initial_step: float = 0.01,
+) -> QuenchResult:
+    """Quench every replica in ``positions`` with limited-memory BFGS, batched.
+
+    Each replica keeps its own ``memory`` most recent position and gradient differences and
+    steps along the two-loop-recursion direction (J. Nocedal, *Updating quasi-Newton matrices
+    with limited storage*, Math. Comp. 35, 773 (1980)), scaled down so that no particle moves
+    farther than ``max_displacement``. There is no line search: as in GMIN's L-BFGS, a step that
+    raises the energy is retried at a tenth of its length, and a direction that is not downhill
+    restarts the replica from steepest descent with step ``initial_step`` times the gradient.
+    Each try is one energy-and-gradient evaluation. A replica stops once its largest
+    per-particle gradient norm is below ``fmax``; the others go on.
+
+    Args:
+        potential: the problem (see :class:`Potential`).
+        positions: ``(R, N, 3)`` starting points; not modified.
+        fmax: convergence threshold on each replica's largest per-particle gradient norm.
+        max_steps: at most this many evaluations per replica after the first.
+        memory: the number of difference pairs kept per replica.
+        max_displacement: no particle moves farther than this in one step.
+        initial_step: the inverse curvature guessed before any pair is stored.
+    """
+    check_positions(positions, particles=potential.particles)
+    check_positive(fmax, "fmax")
+    check_count(max_steps, "max_steps", 0)
+    check_count(memory, "memory", 1)
+    check_positive(max_displacement, "max_displacement")
+    check_positive(initial_step, "initial_step")
+    x = positions.clone()
+    replicas, n = x.shape[0], x.shape[1]
+    flat = (replicas, 3 * n)
+    energy, gradient = potential.energy_and_gradient(x)
+    g = gradient.reshape(flat).clone()
+    evaluations = torch.ones(replicas, dtype=torch.long, device=x.device)
+    largest = gradient.norm(dim=-1).amax(-1)
+    # History, oldest pair first; an all-zero pair is an empty slot.
+    s_hist = x.new_zeros(replicas, memory, 3 * n)
+    y_hist = torch.zeros_like(s_hist)
+    scale = torch.full((replicas,), initial_step, dtype=x.dtype, device=x.device)
+    # A rise below rounding of the energy is no rise.
+    tolerance = 64 * torch.finfo(x.dtype).eps
+    direction = torch.zeros_like(g)
+    active = (largest >= fmax).nonzero().squeeze(1)
+    fresh = active  # replicas whose direction must be computed from their history
+    for _ in range(max_steps):
+        if len(fresh):
+            direction[fresh] = lbfgs_direction(g[fresh], s_hist[fresh], y_hist[fresh], scale[fresh])
+        if not len(active):
+            break
+        d, ga = direction[active], g[active]
+        uphill = (d * ga).sum(-1) >= 0
+        if bool(uphill.any()):
+            restart = active[uphill]
+            s_hist[restart] = 0
+            y_hist[restart] = 0
+            scale[restart] = initial_step
+            d[uphill] = -initial_step * ga[uphill]
+        longest = d.view(len(active), n, 3).norm(dim=-1).amax(-1)
+        d = d * (max_displacement / longest.clamp(min=torch.finfo(x.dtype).tiny)).clamp(max=1.0)[
+            :, None
+        ]
+        trial = x[active] + d.view(len(active), n, 3)
+        potential.project_(trial)
+        e_trial, g_trial = potential.energy_and_gradient(trial)
+        evaluations[active] += 1
+        e_now = energy[active]
+        downhill = e_trial <= e_now + tolerance * e_now.abs().clamp(min=1.0)
+        direction[active[~downhill]] = d[~downhill] * 0.1
+        moved = active[downhill]
+        s = (trial[downhill] - x[moved]).reshape(len(moved), 3 * n)
+        g_new = g_trial[downhill].reshape(len(moved), 3 * n)
+        y = g_new - g[moved]
+        sy = (s * y).sum(-1)
+        curved = sy > 0  # only pairs that keep the inverse Hessian positive definite
+        kept = moved[curved]
+        s_hist[kept] = torch.cat([s_hist[kept, 1:], s[curved, None]], 1)
+        y_hist[kept] = torch.cat([y_hist[kept, 1:], y[curved, None]], 1)
+        scale[kept] = sy[curved] / y[curved].square().sum(-1)
+        x[moved] = trial[downhill]
+        g[moved] = g_new
+        energy[moved] = e_trial[downhill]
+        largest[moved] = g_trial[downhill].norm(dim=-1).amax(-1)
+        active = active[largest[active] >= fmax]
+        fresh = active[torch.isin(active, moved)]
+    return QuenchResult(
+        positions=x,
+        energies=energy,
+        fmax=largest,
+        converged=largest < fmax,
+        evaluations=evaluations,
+    )
+
+
+def lbfgs_direction(g: Tensor, s: Tensor, y: Tensor, scale: Tensor) -> Tensor:
+    """``-H g`` for the L-BFGS inverse Hessian ``H`` of each row of ``g`` ``(B, D)``.
+
+    ``s`` and ``y`` ``(B, m, D)`` hold the position and gradient differences, oldest first;
+    an all-zero pair is an empty slot and drops out. ``scale`` ``(B,)`` is ``H_0 = gamma I``.
+    Computed in the compact form of R. H. Byrd, J. Nocedal, R. B. Schnabel (Math. Program. 63,
+    129 (1994)), ``H = gamma I + [S, gamma Y] W [S, gamma Y]^T``, with a few batched matrix
+    products instead of the ``4 m`` vector operations of the two-loop recursion (the same
+    ``H``: a test checks one against the other).
+    """
+    gamma = scale[:, None, None]
+    sg = s @ g[..., None]  # (B, m, 1)
+    yg = y @ g[..., None]
+    sy = s @ y.transpose(1, 2)  # (B, m, m): s_i . y_j
+    upper = sy.triu()
+    empty = upper.diagonal(dim1=1, dim2=2) == 0
+    upper = upper + torch.diag_embed(empty.to(g.dtype))  # empty slots: a unit pivot, no effect
+    c = torch.linalg.solve_triangular(upper, sg, upper=True)
+    inner = sy.diagonal(dim1=1, dim2=2)[..., None] * c + gamma * (y @ (y.transpose(1, 2) @ c))
+    top = torch.linalg.solve_triangular(upper.transpose(1, 2), inner - gamma * yg, upper=False)
+    hg = scale[:, None] * g + (s.transpose(1, 2) @ top - gamma * (y.transpose(1, 2) @ c))[..., 0]
+    return hg.neg_()

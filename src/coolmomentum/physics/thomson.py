@@ -96,6 +96,8 @@ class ThomsonProblem:
 
     name = "Thomson"
     symbol = "H"
+    # Projected back onto the unit sphere after every step: no particle can get far.
+    escape_radius: float | None = None
 
     def __init__(self, charges: int) -> None:
         self.particles = check_count(charges, "charges", 2)
