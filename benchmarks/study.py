@@ -14,23 +14,26 @@ Protocol (details and the results in ``benchmarks/results/study.md``):
    stop cooling at the temperature of ``rho = 0`` (the step stays ``lr / 2``); the variant
    cools rho over the first 80 % of the steps and then lowers the step linearly to 0
    (``lr_schedule="wsd"`` with ``lr_decay_fraction=0.2``). Both arms run 3 seeds per workload.
-3. **Final runs** train on all 60,000 images (workload 2: the same first 10,000) with each
+3. **Final runs** train on all the workload's images (the held-out ones given back) with each
    chosen setting, and CoolMomentum's untuned paper settings, over 3 seeds, and are the only
    runs that read the test set. They also measure the loss over the whole training set at the
    final weights in evaluation mode.
 4. **Budget**: on workload 1 the chosen settings also train for 1, 2 and 10 epochs (2
    seeds), without re-tuning lr; CoolMomentum's cooling and the cosine follow the length.
 
-Sizes, chosen to fit about 5 hours of 2 cores: workload 1 trains 5 epochs (the budget runs
-show 1 to 10), workload 2 the first 10,000 images for 5 epochs, workload 3 5 epochs.
+Sizes (``--plan full``, about 5 hours of 2 cores): workload 1 trains 5 epochs (the budget
+runs show 1 to 10), workload 2 the first 10,000 images for 5 epochs, workload 3 5 epochs.
+``--plan small`` keeps the protocol at sizes that fit about 2 hours (``small_plan``).
 
 Every run is a harness run (``coolmomentum.experiments``) in a folder of ``--work`` named
 after the plan (so a plan of other sizes never reuses a run) and is saved as it ends; an
 interrupted study continues where it stopped when the same command is run again (a run cut
-off mid-way resumes from its last checkpoint). ``--quick`` runs the whole
+off mid-way resumes from its last checkpoint); ``--report`` writes the results files from the
+runs finished so far, marked as partial. ``--quick`` runs the whole
 pipeline on a tiny subset for one epoch (a test runs it).
 
     python benchmarks/study.py --jobs 2                 # the full study, hours on 2 cores
+    python benchmarks/study.py --plan small --report    # the tables of the runs done so far
     python benchmarks/study.py --quick --work /tmp/q --results /tmp/q/results
 """
 
@@ -132,6 +135,24 @@ def full_plan() -> Plan:
         budget_seeds=[0, 1],
         validation=10_000,
     )
+
+
+def small_plan() -> Plan:
+    """The full protocol at sizes that fit about 2 hours of 2 CPU cores: workloads 1 and 3
+    train the first 20,000 images for 3 epochs, workload 2 the first 5,000 for 4; the budget
+    runs show 1 and 6 epochs of workload 1."""
+    plan = full_plan()
+    sizes = {"convnet": (20_000, 3), "resnet20": (5_000, 4), "lstm": (20_000, 3)}
+    workloads = []
+    for w in plan.workloads:
+        subset, epochs = sizes[w.name]
+        title = w.title.split(", first ")[0] + f", first {subset:,} images"
+        workloads.append(dataclasses.replace(
+            w, title=title, settings={**w.settings, "train_subset": subset}, epochs=epochs))
+    return dataclasses.replace(plan, workloads=workloads, budgets=[1, 6])
+
+
+PLANS = {"full": full_plan, "small": small_plan}
 
 
 def quick_plan(data_dir: str | None) -> Plan:
@@ -559,13 +580,22 @@ def write_results(
         "",
         "Protocol: see the docstring of `benchmarks/study.py`. Tuning reads only the validation "
         f"split (the last {plan.validation:,} training images); the test set is read only by "
-        "the final and budget runs, which train on all training images. Weight decay is fixed "
+        "the final and budget runs, which train on all the workload's training images (the "
+        "held-out ones given back; a subset in a title is the first N). Weight decay is fixed "
         "per family (5e-4 coupled for SGD, schedule-free SGD and CoolMomentum; 0.05 decoupled "
         "for AdamW and schedule-free AdamW); AdamW and both schedule-free optimizers warm up "
         "over 5 % of the steps. Schedule-free runs are evaluated at their averaged weights "
         "with batch-norm statistics recomputed there (50 batches).",
         "",
     ]
+    pending = [r for r in planned_runs(plan, results) if r.id not in results]
+    if pending:
+        lines[2:2] = [
+            f"**Partial results**: {len(results)} runs finished; {len(pending)} more are "
+            "planned at the stage reached, and the later stages follow from them. Tables "
+            "show the runs finished; a stage not reached has no table.",
+            "",
+        ]
     for workload in plan.workloads:
         lines += [f"## {workload.title} ({workload.epochs} epochs)", ""]
         lines += ["### Tuning (final validation accuracy, seed 0)", ""]
@@ -579,7 +609,7 @@ def write_results(
                         f"| {name} | {describe(run.optimizer)}{mark} "
                         f"| {results[run.id]['final_acc']:.4f} |"
                     )
-        lines += ["", "### Final runs (test set, all training images)", ""]
+        lines += ["", "### Final runs (test set)", ""]
         lines += [
             "| optimizer | setting | seeds | test acc | train loss (eval mode) | s/run |",
             "|---|---|---|---:|---:|---:|",
@@ -702,7 +732,11 @@ def plan_name(plan: Plan) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", choices=sorted(PLANS), default="full", help="the sizes")
     parser.add_argument("--quick", action="store_true", help="a tiny subset, one epoch")
+    parser.add_argument(
+        "--report", action="store_true", help="write the results of the runs done; run none"
+    )
     parser.add_argument("--work", type=Path, default=WORK, help="the runs (resumable)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the files go")
     parser.add_argument("--data-dir", help="the Fashion-MNIST files (default: searched)")
@@ -716,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.execute:
         _execute_order(args.execute, args.work, threads)
         return 0
-    plan = quick_plan(args.data_dir) if args.quick else full_plan()
+    plan = quick_plan(args.data_dir) if args.quick else PLANS[args.plan]()
     if args.data_dir and not args.quick:
         plan.data["data_dir"] = args.data_dir
     # A SIGTERM ends the study (and its workers) as Ctrl-C does; a rerun continues it.
@@ -726,13 +760,16 @@ def main(argv: list[str] | None = None) -> int:
     clock = work / "wall_seconds.json"
     previous = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
     started = time.time()
-    try:
-        results = run_study(plan, work, args.jobs, threads)
-    finally:
-        _write_json(clock, {"seconds": previous + time.time() - started})
-    wall = (previous + time.time() - started) / 3600
-    command = "python benchmarks/study.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:])
+    if args.report:
+        results = load_results(work)
+    else:
+        try:
+            results = run_study(plan, work, args.jobs, threads)
+        finally:
+            _write_json(clock, {"seconds": previous + time.time() - started})
+    wall = (previous + (0.0 if args.report else time.time() - started)) / 3600
+    command = "python benchmarks/study.py " + " ".join(  # the command that trains the runs
+        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report"
     )
     write_results(plan, results, args.results, command, wall, args.quick)
     print(f"wrote {args.results}/{'study_quick' if args.quick else 'study'}.md")
