@@ -21,7 +21,6 @@ Without CUDA it says that it needs a GPU and exits 0.
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 from step_time import (
     PARAMETER_SETS,
+    Load,
     bench,
     idle_note,
     interleaved_times,
@@ -275,7 +275,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_check.py needs a CUDA GPU (torch.cuda.is_available() is False); nothing to do.")
         return 0
-    load_before = os.getloadavg()[0]
+    load_before = Load.now()
     print(machine(), flush=True)
     sections: list[str] = []
     failures: list[str] = []
@@ -308,7 +308,7 @@ def main() -> int:
             needs = 150 if compiled and "EfficientNet" in label else 40
             title = f"Training throughput: {label}, {'compiled' if compiled else 'eager'}"
             section(title, needs, lambda x=label, c=compiled: [*header, *throughput(x, c)])
-    note = idle_note(load_before, os.getloadavg()[0])
+    note = idle_note(load_before)
     verdict = f"Failed: {', '.join(failures)}." if failures else "Every check passed."
     record(RESULTS, "CoolMomentum on a GPU", "python benchmarks/gpu_check.py", sections,
            f"{verdict} Took {time.monotonic() - START:.0f} s. {note}")  # fmt: skip

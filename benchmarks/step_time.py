@@ -20,8 +20,10 @@ optimizer:
     python benchmarks/step_time.py --record         # also writes benchmarks/results/step_time.md
     python benchmarks/step_time.py --device cuda    # on a GPU
 
-The results file says whether the machine was idle (a load average below 0.3 before and
-after the run); timings from a busy machine are marked as to be remeasured.
+The results file says whether the machine was idle: the CPU time the other processes used
+during the run, from ``/proc/stat`` less this process's own, averaged below 0.1 cores
+(elsewhere, a load average below 0.3 before the run); timings from a busy machine are marked
+as to be remeasured.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,7 +47,8 @@ from coolmomentum._io import atomic_write
 from coolmomentum.torch import CoolMomentum
 
 RESULTS = Path(__file__).parent / "results" / "step_time.md"
-IDLE_LOAD = 0.3
+IDLE_LOAD = 0.3  # where /proc/stat is missing: the load average before the run
+IDLE_OTHERS = 0.1  # cores the other processes may use on average during an idle run
 
 FOREACH_SGD = "SGD(momentum=0.9, foreach)"
 FUSED_SGD = "SGD(momentum=0.9, fused)"
@@ -238,15 +242,48 @@ def machine() -> str:
     )
 
 
-def idle_note(before: float, after: float) -> str:
-    """Whether the machine was idle around the run: the results file's verdict on itself."""
-    loads = f"load average {before:.2f} before the run, {after:.2f} after"
-    if max(before, after) < IDLE_LOAD:
+@dataclass(frozen=True)
+class Load:
+    """What the machine was doing when a run started: the load average, and the busy CPU
+    time of every process and of this one (seconds), to tell afterwards what others used."""
+
+    average: float
+    busy_s: float | None
+    own_s: float
+    wall_s: float
+
+    @staticmethod
+    def now() -> Load:
+        return Load(os.getloadavg()[0], _busy_seconds(), time.process_time(), time.monotonic())
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have been busy since boot (``/proc/stat``), if readable."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_note(start: Load) -> str:
+    """Whether the machine was idle during the run: the results file's verdict on itself."""
+    end = Load.now()
+    if start.busy_s is not None and end.busy_s is not None:
+        others = (end.busy_s - start.busy_s) - (end.own_s - start.own_s)
+        cores = max(others, 0.0) / max(end.wall_s - start.wall_s, 1e-9)
+        loads = f"other processes used {cores:.2f} cores on average during the run"
+        idle, bound = cores < IDLE_OTHERS, f"below {IDLE_OTHERS}"
+    else:
+        loads = f"load average {start.average:.2f} before the run"
+        idle, bound = start.average < IDLE_LOAD, f"below {IDLE_LOAD}"
+    if idle:
         return f"Measured on an idle machine ({loads})."
     return (
-        f"**To be remeasured on an idle machine**: {loads} (idle: below {IDLE_LOAD}); the "
-        f"ratios come from one interleaved run and are usable for comparing designs, the "
-        f"times are not final."
+        f"**To be remeasured on an idle machine**: {loads} (idle: {bound}); the ratios come "
+        f"from one interleaved run and are usable for comparing designs, the times are not "
+        f"final."
     )
 
 
@@ -272,17 +309,17 @@ def arguments(description: str, reps: int, results: Path) -> argparse.ArgumentPa
     return parser
 
 
-def start(args: argparse.Namespace) -> float:
-    """Set the threads and print the machine; the load average before the run."""
+def start(args: argparse.Namespace) -> Load:
+    """Set the threads and print the machine; what the machine is doing as the run starts."""
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine())
-    return os.getloadavg()[0]
+    return Load.now()
 
 
-def finish(title: str, path: Path, sections: list[str], load_before: float, write: bool) -> None:
+def finish(title: str, path: Path, sections: list[str], load_before: Load, write: bool) -> None:
     """Print whether the machine was idle and, if ``write``, record the run in ``path``."""
-    note = idle_note(load_before, os.getloadavg()[0])
+    note = idle_note(load_before)
     print(note)
     if write:
         command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
