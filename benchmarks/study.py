@@ -224,7 +224,13 @@ def _best(runs: Iterable[Run], results: Results) -> Run | None:
     runs = list(runs)
     if not all(r.id in results for r in runs):
         return None
-    return max(runs, key=lambda r: results[r.id]["final_acc"])
+    return max(runs, key=lambda r: score(results[r.id]))
+
+
+def score(result: dict[str, Any]) -> float:
+    """A run's final accuracy; a run that diverged scores 0 (chosen last, and counted as a
+    failure in the variant's verdict)."""
+    return 0.0 if result["final_acc"] is None else result["final_acc"]
 
 
 def tuning_runs(plan: Plan, results: Results) -> dict[str, dict[str, list[Run]]]:
@@ -297,7 +303,7 @@ def variant_verdict(
         arms: dict[str, list[float]] = {"coolmomentum": [], "coolmomentum-wsd": []}
         for run in runs:
             if run.workload == workload.name:
-                arms[run.label].append(results[run.id]["final_acc"])
+                arms[run.label].append(score(results[run.id]))
         base, var = arms["coolmomentum"], arms["coolmomentum-wsd"]
         verdict[workload.name] = {
             "coolmomentum": base,
@@ -378,7 +384,7 @@ def execute(run: Run, plan: Plan, work: Path, threads: int) -> dict[str, Any]:
 
     from coolmomentum.experiments.config import RunConfig
     from coolmomentum.experiments.data import InMemoryData
-    from coolmomentum.experiments.loop import train
+    from coolmomentum.experiments.loop import Diverged, train
 
     torch.set_num_threads(threads)
     workload = next(w for w in plan.workloads if w.name == run.workload)
@@ -395,7 +401,15 @@ def execute(run: Run, plan: Plan, work: Path, threads: int) -> dict[str, Any]:
     config = RunConfig(**settings)
     data = InMemoryData(config, torch.device("cpu"))
     started = time.perf_counter()
-    metrics = train(config, config.runs[0], work / run.id, data, resume=True, log=lambda _: None)
+    try:
+        metrics = train(config, config.runs[0], work / run.id, data, resume=True,
+                        log=lambda _: None)  # fmt: skip
+    except Diverged as exc:  # a result of the trial: kept, scored as a failure
+        seconds = time.perf_counter() - started
+        return {"id": run.id, "run": dataclasses.asdict(run), "diverged": str(exc),
+                "final_acc": None, "final_loss": None, "acc_per_epoch": [], "train_loss": None,
+                "running_train_loss": None, "seconds": seconds,
+                "wall_seconds_this_session": seconds}  # fmt: skip
     key = "val" if run.split == "val" else "test"
     return {
         "id": run.id,
@@ -441,7 +455,7 @@ def run_study(plan: Plan, work: Path, jobs: int, threads: int, log: Any = print)
                 summary = execute(run, plan, work, threads)
                 _write_json(work / "done" / f"{run.id}.json", summary)
                 results[run.id] = summary
-                log(f"  {run.id}: {summary['final_acc']:.4f}")
+                log(f"  {run.id}: {_acc(summary['final_acc'])}")
             continue
         running: dict[subprocess.Popen[bytes], Run] = {}
         try:
@@ -461,7 +475,7 @@ def run_study(plan: Plan, work: Path, jobs: int, threads: int, log: Any = print)
                     if process.returncode != 0:
                         raise RuntimeError(f"run {run.id} failed (exit {process.returncode})")
                     results[run.id] = json.loads((work / "done" / f"{run.id}.json").read_text())
-                    log(f"  {run.id}: {results[run.id]['final_acc']:.4f}")
+                    log(f"  {run.id}: {_acc(results[run.id]['final_acc'])}")
         finally:  # stopped or failed: the runs in flight stop too (they resume on a rerun)
             for process in running:
                 process.terminate()
@@ -485,8 +499,17 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _mean_std(values: list[float], digits: int = 4) -> str:
-    return f"{statistics.mean(values):.{digits}f} ± {_std(values):.{digits}f}"
+def _mean_std(values: list[float | None], digits: int = 4) -> str:
+    """Mean ± std of the runs that finished; the diverged ones (``None``) are counted."""
+    done = [v for v in values if v is not None]
+    diverged = f" ({len(values) - len(done)} diverged)" if len(done) < len(values) else ""
+    if not done:
+        return "diverged"
+    return f"{statistics.mean(done):.{digits}f} ± {_std(done):.{digits}f}{diverged}"
+
+
+def _acc(value: float | None) -> str:
+    return "diverged" if value is None else f"{value:.4f}"
 
 
 def describe(spec: dict[str, Any]) -> str:
@@ -607,7 +630,7 @@ def write_results(
                     mark = " **(chosen)**" if chosen is not None and run.id == chosen.id else ""
                     lines.append(
                         f"| {name} | {describe(run.optimizer)}{mark} "
-                        f"| {results[run.id]['final_acc']:.4f} |"
+                        f"| {_acc(results[run.id]['final_acc'])} |"
                     )
         lines += ["", "### Final runs (test set)", ""]
         lines += [
@@ -697,7 +720,9 @@ def _figures(plan: Plan, results: Results, s: dict[str, Any]) -> dict[str, bytes
             for label, rs in finals.items():
                 if "@" in label:
                     continue
-                curves = [r["acc_per_epoch"] for r in rs]
+                curves = [r["acc_per_epoch"] for r in rs if r["acc_per_epoch"]]
+                if not curves:  # every seed diverged
+                    continue
                 mean = [statistics.mean(c) for c in zip(*curves)]
                 acc.plot(range(1, len(mean) + 1), mean, marker="o", markersize=3, label=label)
             acc.set(xlabel="epoch", ylabel="test accuracy (mean over seeds)",
@@ -710,7 +735,7 @@ def _figures(plan: Plan, results: Results, s: dict[str, Any]) -> dict[str, bytes
                     chosen = s["choices"][workload.name].get(name)
                     schedule = chosen.optimizer["schedule"] if chosen else "exponential"
                     done = [r for r in done if r.optimizer["schedule"] == schedule]
-                points = sorted((r.optimizer["lr"], results[r.id]["final_acc"]) for r in done)
+                points = sorted((r.optimizer["lr"], score(results[r.id])) for r in done)
                 if points:
                     xs, ys = zip(*points)
                     lr.plot(xs, ys, marker="o", label=name)

@@ -57,3 +57,10 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     lines = []
     study.run_study(plan, work, jobs=1, threads=1, log=lines.append)
     assert lines[0] == "29 runs done, 1 to run now" and lost.exists()
+
+
+def test_a_diverged_trial_is_kept_scored_last_and_counted_in_the_tables(study):
+    diverged = {"final_acc": None}
+    assert study.score(diverged) == 0.0 < study.score({"final_acc": 0.1})
+    assert study._mean_std([0.5, None, 0.7]) == "0.6000 ± 0.1414 (1 diverged)"
+    assert study._mean_std([None, None]) == "diverged"

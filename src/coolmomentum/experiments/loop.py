@@ -38,7 +38,7 @@ from .models import build_model
 from .optimizers import RunOptimizer, build_optimizer
 from .weight_average import WeightAverage
 
-__all__ = ["evaluate", "train"]
+__all__ = ["Diverged", "evaluate", "train"]
 
 # Refresh the progress bar's loss and accuracy every this many steps (each refresh waits for
 # the device).
@@ -48,6 +48,11 @@ PROGRESS_EVERY = 20
 # is not finite on any rank. One small collective and one wait for the device per check.
 CONTROL_EVERY = 10
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Diverged(ConfigError):
+    """The training loss stopped being finite (``on_nonfinite="stop"``): the run ends, its
+    last checkpoint (taken before) is kept."""
 
 
 @dataclass
@@ -202,7 +207,7 @@ def train(
     """Train one optimizer; returns its metrics (also written to ``run_dir``).
 
     Raises :class:`~coolmomentum.errors.Preempted` after writing a checkpoint when SIGTERM or
-    SIGUSR1 arrives, and :class:`ConfigError` when the training loss stops being finite
+    SIGUSR1 arrives, and :class:`Diverged` when the training loss stops being finite
     (with ``on_nonfinite="stop"``; the last checkpoint is kept).
     """
     world, device = data.world, data.device
@@ -402,7 +407,7 @@ def _train_until(
             if run.step % CONTROL_EVERY == 0 or run.step == end:
                 preempted, due, bad = control.check(bad_step)
                 if bad >= 0:
-                    raise ConfigError(
+                    raise Diverged(
                         f"[{run.optimizer.spec.label}] the "
                         f"training loss is not finite at step {bad} (lr {stretch.lr:g}): the "
                         f"run diverged; lower --lr (or raise --lr-warmup-steps) and rerun with "
