@@ -343,6 +343,7 @@ def planned_runs(plan: Plan, results: Results) -> list[Run]:
     verdict = variant_verdict(plan, results, choices)
     if verdict is None:
         return _unique(runs)  # the final runs wait for every choice and the variant's verdict
+    budget = []  # run after every final run
     for workload in plan.workloads:
         rows = final_rows(plan, choices[workload.name], verdict, workload)
         for label, spec in rows.items():
@@ -353,9 +354,9 @@ def planned_runs(plan: Plan, results: Results) -> list[Run]:
                 for label, spec in rows.items():
                     sized = _for_length(spec, workload, plan, epochs)
                     for seed in plan.budget_seeds:
-                        runs.append(Run(workload.name, label, sized, seed, "test", epochs,
-                                        "budget"))  # fmt: skip
-    return _unique(runs)
+                        budget.append(Run(workload.name, label, sized, seed, "test", epochs,
+                                          "budget"))  # fmt: skip
+    return _unique(runs + budget)
 
 
 def _unique(runs: list[Run]) -> list[Run]:
