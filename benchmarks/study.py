@@ -5,11 +5,19 @@ Protocol (details and the results in ``benchmarks/results/study.md``):
 1. **Tuning on validation data only.** The last 10,000 Fashion-MNIST training images are
    held out (``RunConfig.validation``); every tuning run trains on the rest and is scored by
    its final validation accuracy. Workload 1 gives every optimizer the same budget of 6
-   trials on a log grid of lr centred where its authors recommend; CoolMomentum's 6 are a
-   two-stage search (4 lr with the paper's exponential cooling, then the best lr with the
-   two temperature schedules). Workloads 2 and 3 keep each optimizer's workload-1 choice and
-   tune only lr, with 4 trials: 0.5, 1, 2 and 4 times the workload-1 value (shorter runs
-   and the LSTM tend to want more).
+   trials on a log grid of lr, factors of 2 apart; CoolMomentum's 6 are a two-stage search
+   (4 lr with the paper's exponential cooling, then the best lr with the two temperature
+   schedules). The grids started where each method's authors recommend; a first run of the
+   study found every optimizer's best lr at the top of its grid, so each grid was moved up
+   by a factor of 4 (2 of its points new, 4 kept). Workloads 2 and 3 keep each optimizer's
+   workload-1 choice and tune only lr: the LSTM with 4 trials at 0.5, 1, 2 and 4 times the
+   workload-1 value; ResNet-20, whose batch is 4 times smaller (32, the authors' batch),
+   with 5 at 1/16 to 1 times it (the linear scaling rule of SGD predicts 1/4, Adam's square
+   root rule 1/2).
+   Every optimizer is evaluated with batch norm's statistics recomputed at its evaluated
+   weights (``RunConfig.recompute_batch_norm``, 50 batches), as schedule-free needs anyway:
+   ResNet-20's running statistics (momentum 0.01, as in Keras) otherwise lag the weights by
+   hundreds of steps.
 2. **A change the Langevin picture suggests**, tested on validation: the paper's schedules
    stop cooling at the temperature of ``rho = 0`` (the step stays ``lr / 2``); the variant
    cools rho over the first 80 % of the steps and then lowers the step linearly to 0
@@ -26,7 +34,9 @@ runs show 1 to 10), workload 2 the first 10,000 images for 5 epochs, workload 3 
 ``--plan small`` keeps the protocol at sizes that fit about 2 hours (``small_plan``).
 
 Every run is a harness run (``coolmomentum.experiments``) in a folder of ``--work`` named
-after the plan (so a plan of other sizes never reuses a run) and is saved as it ends; an
+after the plan (so a plan of other sizes never reuses a run by accident) and is saved as it
+ends; ``--reuse DIR`` takes a planned run from an earlier plan's folder where that run's every
+harness setting is the same (the results name how many came from where); an
 interrupted study continues where it stopped when the same command is run again (a run cut
 off mid-way resumes from its last checkpoint); ``--report`` writes the results files from the
 runs finished so far, marked as partial. ``--quick`` runs the whole
@@ -60,6 +70,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "study"
 SCHEDULES = ("exponential", "exponential-temperature", "linear-temperature")
+BN_BATCHES = 50  # batches to recompute batch norm's statistics over before evaluating
+# Harness settings that do not change what a run trains (evaluating and checkpointing leave a
+# run bit for bit as it was: the harness's tests check it), so --reuse ignores them.
+NOT_TRAINING = ("out", "eval_every_steps", "checkpoint_every", "checkpoint_every_minutes")
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,7 @@ class Plan:
     workloads: list[Workload]
     grids: dict[str, list[float]]
     cool_stage_a: list[float]
-    refine: list[float]  # workloads 2 and 3: multiples of the workload-1 lr
+    refine: dict[str, list[float]]  # workloads 2 and 3: multiples of the workload-1 lr
     seeds: list[int]
     budgets: list[int]  # workload 1's other training lengths, in epochs
     budget_seeds: list[int]
@@ -106,13 +120,23 @@ class Plan:
 
 def full_plan() -> Plan:
     common = {"dataset": "fashion-mnist", "batch_size": 128, "eval_batch_size": 1000}
+    batch_norm = {"recompute_batch_norm": BN_BATCHES}
     return Plan(
         workloads=[
-            Workload("convnet", "Fashion-MNIST, convnet", {**common, "model": "convnet"}, 5),
+            Workload(
+                "convnet", "Fashion-MNIST, convnet", {**common, **batch_norm, "model": "convnet"}, 5
+            ),
             Workload(
                 "resnet20",
-                "Fashion-MNIST, ResNet-20 with shifts and flips, first 10,000 images",
-                {**common, "model": "resnet20", "augment": "shift-flip", "train_subset": 10_000},
+                "Fashion-MNIST, ResNet-20 with shifts and flips, batch 32, first 10,000 images",
+                {
+                    **common,
+                    **batch_norm,
+                    "model": "resnet20",
+                    "augment": "shift-flip",
+                    "batch_size": 32,
+                    "train_subset": 10_000,
+                },
                 5,
             ),
             Workload(
@@ -123,13 +147,13 @@ def full_plan() -> Plan:
             ),
         ],
         grids={
-            "sgd": [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4],
-            "adamw": [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3],
-            "sgd-schedulefree": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
-            "adamw-schedulefree": [5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2],
+            "sgd": [0.05, 0.1, 0.2, 0.4, 0.8, 1.6],
+            "adamw": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2],
+            "sgd-schedulefree": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
+            "adamw-schedulefree": [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2],
         },
-        cool_stage_a=[0.005, 0.01, 0.02, 0.04],
-        refine=[0.5, 2.0, 4.0],
+        cool_stage_a=[0.02, 0.04, 0.08, 0.16],
+        refine={"resnet20": [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0], "lstm": [0.5, 1.0, 2.0, 4.0]},
         seeds=[0, 1, 2],
         budgets=[1, 2, 10],
         budget_seeds=[0, 1],
@@ -167,7 +191,7 @@ def quick_plan(data_dir: str | None) -> Plan:
         ],
         grids={name: plan.grids[name][2:3] for name in ("sgd", "sgd-schedulefree")},
         cool_stage_a=[0.01],
-        refine=[],
+        refine={w.name: [1.0] for w in plan.workloads[1:]},
         seeds=[0],
         budgets=[1],
         budget_seeds=[0],
@@ -254,7 +278,7 @@ def tuning_runs(plan: Plan, results: Results) -> dict[str, dict[str, list[Run]]]
         for name, chosen in choice_1.items():
             if chosen is None:
                 continue
-            lrs = [chosen.optimizer["lr"] * f for f in [1.0, *plan.refine]]  # 4 trials
+            lrs = [chosen.optimizer["lr"] * f for f in plan.refine[workload.name]]
             if name == "coolmomentum":
                 specs = [cool(lr, chosen.optimizer["schedule"]) for lr in lrs]
             else:
@@ -379,19 +403,19 @@ def _for_length(
 # --- running ---------------------------------------------------------------------------------
 
 
-def execute(run: Run, plan: Plan, work: Path, threads: int) -> dict[str, Any]:
-    """Train ``run`` (resuming its checkpoint if there is one); its summary."""
-    import torch
-
+def run_config(run: Run, plan: Plan, work: Path) -> Any:
+    """The harness's ``RunConfig`` of ``run``. A tuning run is scored at its end only, so it
+    evaluates there alone, and checkpoints every epoch."""
     from coolmomentum.experiments.config import RunConfig
-    from coolmomentum.experiments.data import InMemoryData
-    from coolmomentum.experiments.loop import Diverged, train
 
-    torch.set_num_threads(threads)
     workload = next(w for w in plan.workloads if w.name == run.workload)
+    epochs = run.epochs or workload.epochs
     settings = {**workload.settings, **plan.data}
+    if run.split == "val":
+        per_epoch = steps_per_epoch(workload, plan, "val")
+        settings.update(eval_every_steps=epochs * per_epoch, checkpoint_every=per_epoch)
     settings.update(
-        epochs=run.epochs or workload.epochs,
+        epochs=epochs,
         seed=run.seed,
         device="cpu",
         validation=plan.validation if run.split == "val" else None,
@@ -399,7 +423,18 @@ def execute(run: Run, plan: Plan, work: Path, threads: int) -> dict[str, Any]:
         out=str(work),
         runs=[{**run.optimizer, "label": run.label}],
     )
-    config = RunConfig(**settings)
+    return RunConfig(**settings)
+
+
+def execute(run: Run, plan: Plan, work: Path, threads: int) -> dict[str, Any]:
+    """Train ``run`` (resuming its checkpoint if there is one); its summary."""
+    import torch
+
+    from coolmomentum.experiments.data import InMemoryData
+    from coolmomentum.experiments.loop import Diverged, train
+
+    torch.set_num_threads(threads)
+    config = run_config(run, plan, work)
     data = InMemoryData(config, torch.device("cpu"))
     started = time.perf_counter()
     try:
@@ -439,15 +474,46 @@ def load_results(work: Path) -> Results:
     return {p.stem: json.loads(p.read_text()) for p in sorted(done.glob("*.json"))}
 
 
-def run_study(plan: Plan, work: Path, jobs: int, threads: int, log: Any = print) -> Results:
+def reused(run: Run, plan: Plan, work: Path, sources: Iterable[Path]) -> dict[str, Any] | None:
+    """The summary of ``run`` finished in one of the plan folders ``sources`` with every
+    harness setting the same (but those in ``NOT_TRAINING``), marked with where it came
+    from; else None."""
+    from coolmomentum.experiments.config import RunConfig
+
+    config = dataclasses.asdict(run_config(run, plan, work))
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)
+                if f.default is not dataclasses.MISSING}  # fmt: skip
+    for source in sources:
+        done, saved = source / "done" / f"{run.id}.json", source / run.id / "config.json"
+        if not (done.is_file() and saved.is_file()):
+            continue
+        earlier = {**defaults, **json.loads(saved.read_text())}  # fields added since: default
+        if all(json.dumps(earlier[k]) == json.dumps(v)
+               for k, v in config.items() if k not in NOT_TRAINING):  # fmt: skip
+            return {**json.loads(done.read_text()), "reused_from": source.name}
+    return None
+
+
+def run_study(
+    plan: Plan, work: Path, jobs: int, threads: int, log: Any = print, reuse: tuple[Path, ...] = ()
+) -> Results:
     """Run every planned run not yet done, ``jobs`` at a time, stage after stage; the results.
 
+    A run finished with the same settings in a plan folder of ``reuse`` is taken from there.
     ``jobs > 1`` runs each in a process of its own (``--execute``); stopping the study
     (SIGTERM, Ctrl-C) stops them too, and a rerun continues.
     """
     results = load_results(work)
     while True:
         pending = [r for r in planned_runs(plan, results) if r.id not in results]
+        taken = {r.id: summary for r in pending
+                 if (summary := reused(r, plan, work, reuse)) is not None}  # fmt: skip
+        for run_id, summary in taken.items():
+            _write_json(work / "done" / f"{run_id}.json", summary)
+            results[run_id] = summary
+        if taken:
+            log(f"{len(taken)} runs reused from {', '.join(str(p) for p in reuse)}")
+            continue  # the later stages may follow from them
         if not pending:
             return results
         log(f"{len(results)} runs done, {len(pending)} to run now")
@@ -600,7 +666,7 @@ def write_results(
         f"Wall time: {wall_hours:.1f} h over all invocations. "
         f"Runs: {len(results)}, {sum(r['seconds'] for r in results.values()) / 3600:.1f} h of "
         "training in all. Seconds were measured while other work shared the machine: compare "
-        "them within a table, not with other files.",
+        "them within a table, not with other files." + _reuse_note(results),
         "",
         "Protocol: see the docstring of `benchmarks/study.py`. Tuning reads only the validation "
         f"split (the last {plan.validation:,} training images); the test set is read only by "
@@ -608,8 +674,10 @@ def write_results(
         "held-out ones given back; a subset in a title is the first N). Weight decay is fixed "
         "per family (5e-4 coupled for SGD, schedule-free SGD and CoolMomentum; 0.05 decoupled "
         "for AdamW and schedule-free AdamW); AdamW and both schedule-free optimizers warm up "
-        "over 5 % of the steps. Schedule-free runs are evaluated at their averaged weights "
-        "with batch-norm statistics recomputed there (50 batches).",
+        "over 5 % of the steps. Schedule-free runs are evaluated at their averaged weights. "
+        f"Batch norm's statistics are recomputed at the evaluated weights ({BN_BATCHES} "
+        "batches) for every optimizer on the workloads with batch norm, for schedule-free "
+        "on all.",
         "",
     ]
     pending = [r for r in planned_runs(plan, results) if r.id not in results]
@@ -654,6 +722,20 @@ def write_results(
         lines.append(f"![{name}]({prefix}_{name}.png)")
     lines.append("")
     atomic_write(out / f"{prefix}.md", "\n".join(lines))
+
+
+def _reuse_note(results: Results) -> str:
+    """Which runs were taken from an earlier plan's folder (``--reuse``), if any."""
+    sources: dict[str, int] = {}
+    for r in results.values():
+        if "reused_from" in r:
+            sources[r["reused_from"]] = sources.get(r["reused_from"], 0) + 1
+    if not sources:
+        return ""
+    taken = ", ".join(f"{n} from `{name}`" for name, n in sorted(sources.items()))
+    return (f" Of the runs, {taken} were finished by an earlier study with every harness "
+            "setting the same (`--reuse`): their time counts in the hours of training but not "
+            "in the wall time.")  # fmt: skip
 
 
 def _torch_version() -> str:
@@ -770,6 +852,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="torch threads per run (default: cores / jobs)"
     )
+    parser.add_argument(
+        "--reuse", type=Path, nargs="+", default=[],
+        help="plan folders of earlier studies to take runs of the same settings from",
+    )  # fmt: skip
     parser.add_argument("--execute", help=argparse.SUPPRESS)  # one run, for --jobs > 1
     args = parser.parse_args(argv)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -790,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         results = load_results(work)
     else:
         try:
-            results = run_study(plan, work, args.jobs, threads)
+            results = run_study(plan, work, args.jobs, threads, reuse=tuple(args.reuse))
         finally:
             _write_json(clock, {"seconds": previous + time.time() - started})
     wall = (previous + (0.0 if args.report else time.time() - started)) / 3600

@@ -17,7 +17,7 @@ from coolmomentum import cli, schedules
 from coolmomentum.experiments.checkpoint import load_metrics
 from coolmomentum.experiments.config import ConfigError, OptimizerSpec, RunConfig
 from coolmomentum.experiments.data import InMemoryData
-from coolmomentum.experiments.loop import train
+from coolmomentum.experiments.loop import evaluate, train
 from coolmomentum.experiments.optimizers import param_groups
 from coolmomentum.experiments.presets import PRESETS
 from coolmomentum.experiments.report import PLOTS
@@ -459,6 +459,33 @@ def test_a_schedule_free_run_is_not_changed_by_its_evaluations(data_dir, tmp_pat
         b = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
         for key in a["model"]:
             assert torch.equal(a["model"][key], b["model"][key]), (name, key)
+
+
+def test_recomputed_batch_norm_changes_the_evaluation_and_not_the_training(data_dir, tmp_path):
+    """``recompute_batch_norm`` evaluates SGD with batch norm's statistics averaged at the final
+    weights (as ``torch.optim.swa_utils.update_bn`` does) and trains exactly as without it."""
+    from torch.optim.swa_utils import update_bn
+
+    from coolmomentum.experiments.models import build_model
+
+    def run(name, **settings):
+        config = RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=16,
+                           seed=3, epochs=2, runs=[{"optimizer": "sgd", "lr": 0.2}],
+                           **settings)  # fmt: skip
+        data = InMemoryData(config, torch.device("cpu"))
+        metrics = train(config, config.runs[0], tmp_path / name, data, log=lambda _: None)
+        return data, metrics, torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+
+    _, plain, a = run("plain")
+    data, recomputed, b = run("recomputed", recompute_batch_norm=2)
+    for key in a["model"]:  # the running statistics as well: evaluation put them back
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [m["train_loss"] for m in plain] == [m["train_loss"] for m in recomputed]
+    assert recomputed[-1]["test_loss"] != plain[-1]["test_loss"]
+    model = build_model("convnet", data.in_channels, data.num_classes, "he-normal", 28)
+    model.load_state_dict(b["model"])
+    update_bn([x for x, *_ in data.train_batches(1)][:2], model)  # the last epoch's first 2
+    assert evaluate(model, data)["loss"] == pytest.approx(recomputed[-1]["test_loss"], rel=1e-6)
 
 
 def test_validation_split_and_the_final_training_set_loss(data_dir, tmp_path):

@@ -1,5 +1,6 @@
 """The optimizer study's pipeline, end to end on a few dozen images (``--quick``)."""
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -57,6 +58,23 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     lines = []
     study.run_study(plan, work, jobs=1, threads=1, log=lines.append)
     assert lines[0] == "29 runs done, 1 to run now" and lost.exists()
+
+    # A study in another folder takes every run of the same settings from this one (also
+    # where only the evaluation schedule differs), and none whose training differs.
+    lines = []
+    first = done[0].removesuffix(".json")
+    saved = work / first / "config.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "eval_every_steps": 1}))
+    taken = study.run_study(plan, tmp_path / "again", jobs=1, threads=1, log=lines.append,
+                            reuse=(work,))  # fmt: skip
+    assert lines and all(line.endswith(f"runs reused from {work}") for line in lines)
+    assert len(taken) == 30 and {r["reused_from"] for r in taken.values()} == {work.name}
+    other = dataclasses.replace(plan, workloads=[
+        dataclasses.replace(w, settings={**w.settings, "label_smoothing": 0.1})
+        for w in plan.workloads])  # fmt: skip
+    run = study.Run(**taken[first]["run"])
+    assert study.reused(run, plan, tmp_path, [work]) is not None
+    assert study.reused(run, other, tmp_path, [work]) is None
 
 
 def test_a_diverged_trial_is_kept_scored_last_and_counted_in_the_tables(study):

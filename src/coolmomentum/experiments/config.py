@@ -45,6 +45,9 @@ OPTIMIZERS = (
     "rmsprop-tf",
 )
 SCHEDULE_FREE = ("sgd-schedulefree", "adamw-schedulefree")
+# Batches over which a schedule-free run's batch-norm statistics are recomputed at the
+# averaged weights before each evaluation (the schedulefree README's recipe).
+SCHEDULE_FREE_BN_BATCHES = 50
 LR_SCHEDULES = ("constant", "cosine", "wsd")
 WEIGHT_DECAY_PARAMS = ("all", "conv", "no-batchnorm")
 AUGMENTATIONS = ("none", "shift-flip", "crop-flip")
@@ -243,6 +246,12 @@ class RunConfig:
         "at the last evaluation, also measure loss and accuracy over the whole training set "
         "(evaluation mode, no augmentation)",
     )
+    recompute_batch_norm: int | None = setting(
+        None,
+        "before every evaluation, recompute batch norm's running statistics at the evaluated "
+        "weights over N training batches, whatever the optimizer (schedule-free optimizers "
+        f"always do, over {SCHEDULE_FREE_BN_BATCHES} by default); training is not changed",
+    )
     sample_every_steps: int = setting(
         25, "record lr, rho and the temperature every N steps within each evaluation's record"
     )
@@ -306,6 +315,7 @@ class RunConfig:
             "test_subset",
             "validation",
             "checkpoint_every",
+            "recompute_batch_norm",
         ):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

@@ -21,13 +21,16 @@ from torch import Tensor, nn
 from coolmomentum import CoolMomentum, weight_decay
 from coolmomentum.schedules import Schedule
 
-from .config import SCHEDULE_FREE, ConfigError, OptimizerSpec, RunConfig, run_steps
+from .config import (
+    SCHEDULE_FREE,
+    SCHEDULE_FREE_BN_BATCHES,
+    ConfigError,
+    OptimizerSpec,
+    RunConfig,
+    run_steps,
+)
 
 __all__ = ["MomentumWarmup", "RunOptimizer", "TFRMSprop", "build_optimizer", "lr_at"]
-
-# Batches over which a schedule-free run's batch-norm statistics are recomputed at the
-# averaged weights before each evaluation (the schedulefree README's recipe).
-SCHEDULE_FREE_BN_BATCHES = 50
 
 
 def lr_at(spec: OptimizerSpec, step: int, steps_per_epoch: int, total_steps: int = 0) -> float:
@@ -95,12 +98,17 @@ class RunOptimizer:
         spec: OptimizerSpec,
         steps_per_epoch: int,
         total_steps: int,
+        batch_norm_batches: int | None = None,
     ) -> None:
         self.optimizer = optimizer
         self.spec = spec
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps
         self.schedule_free = spec.optimizer in SCHEDULE_FREE
+        # Batches to recompute batch norm's statistics over before evaluating (0: keep the
+        # running ones); schedule-free optimizers need it, for the others it is a choice.
+        default = SCHEDULE_FREE_BN_BATCHES if self.schedule_free else 0
+        self.batch_norm_batches = batch_norm_batches or default
 
     def set_lr(self, step: int) -> float:
         """Set every group's learning rate for global step ``step``; returns it."""
@@ -121,22 +129,24 @@ class RunOptimizer:
         """The weights to evaluate, in place, for the duration of the block.
 
         Schedule-free optimizers evaluate their average ``x``: the block switches the
-        optimizer to eval mode and recomputes batch norm's statistics there over
-        ``SCHEDULE_FREE_BN_BATCHES`` training batches from ``batches()``; afterwards the
-        training weights and statistics are put back exactly as they were, so that
-        evaluating never changes a run (the optimizer's own eval/train round trip moves the
-        weights by rounding).
+        optimizer to eval mode. With ``batch_norm_batches`` (always for schedule-free), batch
+        norm's statistics are recomputed at the evaluated weights over that many training
+        batches from ``batches()``. Afterwards the training weights and statistics are put
+        back exactly as they were, so that evaluating never changes a run (the optimizer's
+        own eval/train round trip moves the weights by rounding).
         """
-        if not self.schedule_free:
+        if not self.batch_norm_batches:
             yield
             return
         saved = {k: v.clone() for k, v in model.state_dict().items()}
-        self.optimizer.eval()  # type: ignore[attr-defined]
-        _recompute_batch_norm(model, itertools.islice(batches(), SCHEDULE_FREE_BN_BATCHES))
+        if self.schedule_free:
+            self.optimizer.eval()  # type: ignore[attr-defined]
+        _recompute_batch_norm(model, itertools.islice(batches(), self.batch_norm_batches))
         try:
             yield
         finally:
-            self.optimizer.train()  # type: ignore[attr-defined]
+            if self.schedule_free:
+                self.optimizer.train()  # type: ignore[attr-defined]
             model.load_state_dict(saved)
 
     def momentum(self, *, reset: bool = True, all_reduce: bool = False) -> dict[str, Any]:
@@ -200,7 +210,8 @@ def build_optimizer(
         )
     else:
         optimizer = _coolmomentum(groups, spec, config, steps_per_epoch)
-    return RunOptimizer(optimizer, spec, steps_per_epoch, run_steps(config, steps_per_epoch))
+    return RunOptimizer(optimizer, spec, steps_per_epoch, run_steps(config, steps_per_epoch),
+                        config.recompute_batch_norm)  # fmt: skip
 
 
 def _schedule_free(groups: list[dict[str, Any]], spec: OptimizerSpec) -> torch.optim.Optimizer:
