@@ -437,26 +437,24 @@ def execute(run: Run, plan: Plan, work: Path, threads: int) -> dict[str, Any]:
     config = run_config(run, plan, work)
     data = InMemoryData(config, torch.device("cpu"))
     started = time.perf_counter()
+    summary: dict[str, Any] = {"id": run.id, "run": dataclasses.asdict(run)}
     try:
         metrics = train(config, config.runs[0], work / run.id, data, resume=True,
                         log=lambda _: None)  # fmt: skip
     except Diverged as exc:  # a result of the trial: kept, scored as a failure
-        seconds = time.perf_counter() - started
-        return {"id": run.id, "run": dataclasses.asdict(run), "diverged": str(exc),
-                "final_acc": None, "final_loss": None, "acc_per_epoch": [], "train_loss": None,
-                "running_train_loss": None, "seconds": seconds,
-                "wall_seconds_this_session": seconds}  # fmt: skip
+        metrics, summary["diverged"] = [], str(exc)
     key = "val" if run.split == "val" else "test"
+    last = metrics[-1] if metrics else {}
+    seconds = time.perf_counter() - started
     return {
-        "id": run.id,
-        "run": dataclasses.asdict(run),
-        "final_acc": metrics[-1][f"{key}_acc"],
-        "final_loss": metrics[-1][f"{key}_loss"],
-        "acc_per_epoch": [m[f"{key}_acc"] for m in metrics],
-        "train_loss": metrics[-1].get("train_eval_loss"),
-        "running_train_loss": metrics[-1]["train_loss"],
-        "seconds": sum(m["seconds"] for m in metrics),
-        "wall_seconds_this_session": time.perf_counter() - started,
+        **summary,
+        "final_acc": last.get(f"{key}_acc"),
+        "final_loss": last.get(f"{key}_loss"),
+        "acc_per_epoch": [m[f"{key}_acc"] for m in metrics],  # per evaluation: tuning runs, one
+        "train_loss": last.get("train_eval_loss"),
+        "running_train_loss": last.get("train_loss"),
+        "seconds": sum(m["seconds"] for m in metrics) if metrics else seconds,
+        "wall_seconds_this_session": seconds,
     }
 
 

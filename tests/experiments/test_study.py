@@ -77,7 +77,14 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     assert study.reused(run, other, tmp_path, [work]) is None
 
 
-def test_a_diverged_trial_is_kept_scored_last_and_counted_in_the_tables(study):
+def test_a_diverged_trial_is_kept_scored_last_and_counted_in_the_tables(study, tmp_path):
+    data = tmp_path / "fmnist"
+    write_fashion_mnist(data, n_train=160, n_test=64)
+    plan = study.quick_plan(str(data))
+    run = study.Run("convnet", "sgd", {"optimizer": "sgd", "lr": 1e30, "momentum": 0.9})
+    summary = study.execute(run, plan, tmp_path / "work", threads=1)
+    assert "not finite" in summary["diverged"] and summary["final_acc"] is None
+    assert summary["acc_per_epoch"] == [] and summary["seconds"] > 0
     diverged = {"final_acc": None}
     assert study.score(diverged) == 0.0 < study.score({"final_acc": 0.1})
     assert study._mean_std([0.5, None, 0.7]) == "0.6000 ± 0.1414 (1 diverged)"
