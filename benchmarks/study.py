@@ -836,6 +836,18 @@ def plan_name(plan: Plan) -> str:
     return "plan-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
 
 
+def _training_arguments(argv: list[str] | None) -> list[str]:
+    """The arguments that say what the study trains: without ``--report``, and without
+    ``--reuse`` and its folders (the results name the folders runs came from)."""
+    kept, skipping = [], False
+    for arg in argv if argv is not None else sys.argv[1:]:
+        if arg.startswith("--"):
+            skipping = arg == "--reuse"
+        if not (skipping or arg == "--report"):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", choices=sorted(PLANS), default="full", help="the sizes")
@@ -878,9 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             _write_json(clock, {"seconds": previous + time.time() - started})
     wall = (previous + (0.0 if args.report else time.time() - started)) / 3600
-    command = "python benchmarks/study.py " + " ".join(  # the command that trains the runs
-        a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report"
-    )
+    command = "python benchmarks/study.py " + " ".join(_training_arguments(argv))
     write_results(plan, results, args.results, command, wall, args.quick)
     print(f"wrote {args.results}/{'study_quick' if args.quick else 'study'}.md")
     return 0

@@ -75,6 +75,9 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     run = study.Run(**taken[first]["run"])
     assert study.reused(run, plan, tmp_path, [work]) is not None
     assert study.reused(run, other, tmp_path, [work]) is None
+    # The results' command is what trains the runs, with neither --reuse nor --report.
+    argv = ["--plan", "small", "--reuse", "a", "b", "--jobs", "2", "--report"]
+    assert study._training_arguments(argv) == ["--plan", "small", "--jobs", "2"]
 
 
 def test_a_diverged_trial_is_kept_scored_last_and_counted_in_the_tables(study, tmp_path):
