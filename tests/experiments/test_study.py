@@ -92,3 +92,23 @@ def test_a_diverged_trial_is_kept_scored_last_and_counted_in_the_tables(study, t
     assert study.score(diverged) == 0.0 < study.score({"final_acc": 0.1})
     assert study._mean_std([0.5, None, 0.7]) == "0.6000 ± 0.1414 (1 diverged)"
     assert study._mean_std([None, None]) == "diverged"
+
+
+def test_a_grid_grows_past_the_edge_its_best_trial_sits_at(study):
+    def make(lr):
+        return study.Run("convnet", "sgd", {"optimizer": "sgd", "lr": lr})
+
+    def grid(accuracy):  # the grid once every trial planned has finished
+        results = {}
+        while True:
+            runs = study._extended([1.0, 2.0, 4.0], make, results)
+            todo = [r for r in runs if r.id not in results]
+            if not todo:
+                return [r.optimizer["lr"] for r in runs]
+            results.update({r.id: {"final_acc": accuracy(r.optimizer["lr"])} for r in todo})
+
+    assert grid(lambda lr: -abs(lr - 2)) == [1, 2, 4]  # the best inside: as planned
+    assert grid(lambda lr: lr) == [1, 2, 4, 8, 16]  # rising: twice past the top, no more
+    assert grid(lambda lr: -abs(lr - 8)) == [1, 2, 4, 8, 16]  # found, then bracketed
+    assert grid(lambda lr: -lr) == [0.25, 0.5, 1, 2, 4]
+    assert grid(lambda lr: None if lr > 1 else lr) == [0.5, 1, 2, 4]  # diverged count as 0
