@@ -521,57 +521,62 @@ def reused(run: Run, plan: Plan, work: Path, sources: Iterable[Path]) -> dict[st
 def run_study(
     plan: Plan, work: Path, jobs: int, threads: int, log: Any = print, reuse: tuple[Path, ...] = ()
 ) -> Results:
-    """Run every planned run not yet done, ``jobs`` at a time, stage after stage; the results.
+    """Run every planned run not yet done, ``jobs`` at a time; the results. The plan is
+    renewed as each run ends, so a stage starts as soon as the runs it follows from are done.
 
     A run finished with the same settings in a plan folder of ``reuse`` is taken from there.
     ``jobs > 1`` runs each in a process of its own (``--execute``); stopping the study
     (SIGTERM, Ctrl-C) stops them too, and a rerun continues.
     """
     results = load_results(work)
-    while True:
-        pending = [r for r in planned_runs(plan, results) if r.id not in results]
-        taken = {r.id: summary for r in pending
-                 if (summary := reused(r, plan, work, reuse)) is not None}  # fmt: skip
-        for run_id, summary in taken.items():
-            _write_json(work / "done" / f"{run_id}.json", summary)
-            results[run_id] = summary
-        if taken:
-            log(f"{len(taken)} runs reused from {', '.join(str(p) for p in reuse)}")
-            continue  # the later stages may follow from them
-        if not pending:
-            return results
-        log(f"{len(results)} runs done, {len(pending)} to run now")
-        if jobs == 1:
-            for run in pending:
-                summary = execute(run, plan, work, threads)
-                _write_json(work / "done" / f"{run.id}.json", summary)
-                results[run.id] = summary
-                log(f"  {run.id}: {_acc(summary['final_acc'])}")
-            continue
-        running: dict[subprocess.Popen[bytes], Run] = {}
-        try:
-            while pending or running:
-                while pending and len(running) < jobs:
-                    run = pending.pop(0)
-                    order = json.dumps({"run": dataclasses.asdict(run),
-                                        "plan": dataclasses.asdict(plan)})  # fmt: skip
-                    command = [sys.executable, __file__, "--execute", order, "--work", str(work),
-                               "--threads", str(threads)]  # fmt: skip
-                    running[subprocess.Popen(command)] = run
-                time.sleep(1)
-                for process, run in list(running.items()):
-                    if process.poll() is None:
-                        continue
-                    del running[process]
-                    if process.returncode != 0:
-                        raise RuntimeError(f"run {run.id} failed (exit {process.returncode})")
-                    results[run.id] = json.loads((work / "done" / f"{run.id}.json").read_text())
-                    log(f"  {run.id}: {_acc(results[run.id]['final_acc'])}")
-        finally:  # stopped or failed: the runs in flight stop too (they resume on a rerun)
-            for process in running:
-                process.terminate()
-            for process in running:
-                process.wait()
+    running: dict[subprocess.Popen[bytes], Run] = {}
+    checked: set[str] = set()  # runs looked for in ``reuse``
+    announced = False
+    try:
+        while True:
+            busy = {run.id for run in running.values()}
+            pending = [r for r in planned_runs(plan, results)
+                       if r.id not in results and r.id not in busy]  # fmt: skip
+            taken = {r.id: summary for r in pending if r.id not in checked
+                     and (summary := reused(r, plan, work, reuse)) is not None}  # fmt: skip
+            checked.update(r.id for r in pending)
+            for run_id, summary in taken.items():
+                _write_json(work / "done" / f"{run_id}.json", summary)
+                results[run_id] = summary
+            if taken:
+                log(f"{len(taken)} runs reused from {', '.join(str(p) for p in reuse)}")
+                continue  # the later stages may follow from them
+            if not (pending or running):
+                return results
+            if not announced:
+                log(f"{len(results)} runs done, {len(pending)} to run now")
+                announced = True
+            if jobs == 1:
+                summary = execute(pending[0], plan, work, threads)
+                _write_json(work / "done" / f"{pending[0].id}.json", summary)
+                results[pending[0].id] = summary
+                log(f"  {pending[0].id}: {_acc(summary['final_acc'])}")
+                continue
+            for run in pending[: jobs - len(running)]:
+                order = json.dumps({"run": dataclasses.asdict(run),
+                                    "plan": dataclasses.asdict(plan)})  # fmt: skip
+                command = [sys.executable, __file__, "--execute", order, "--work", str(work),
+                           "--threads", str(threads)]  # fmt: skip
+                running[subprocess.Popen(command)] = run
+            time.sleep(1)
+            for process, run in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[process]
+                if process.returncode != 0:
+                    raise RuntimeError(f"run {run.id} failed (exit {process.returncode})")
+                results[run.id] = json.loads((work / "done" / f"{run.id}.json").read_text())
+                log(f"  {run.id}: {_acc(results[run.id]['final_acc'])}")
+    finally:  # stopped or failed: the runs in flight stop too (they resume on a rerun)
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait()
 
 
 def _execute_order(order: str, work: Path, threads: int) -> None:

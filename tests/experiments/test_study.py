@@ -56,7 +56,7 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     lost = work / "done" / done[5]
     lost.unlink()
     lines = []
-    study.run_study(plan, work, jobs=1, threads=1, log=lines.append)
+    study.run_study(plan, work, jobs=2, threads=1, log=lines.append)  # in a process of its own
     assert lines[0] == "29 runs done, 1 to run now" and lost.exists()
 
     # A study in another folder takes every run of the same settings from this one (also
