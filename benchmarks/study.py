@@ -72,7 +72,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "study"
 SCHEDULES = ("exponential", "exponential-temperature", "linear-temperature")
-BN_BATCHES = 50  # batches to recompute batch norm's statistics over before evaluating
 # Harness settings that do not change what a run trains (evaluating and checkpointing leave a
 # run bit for bit as it was: the harness's tests check it), so --reuse ignores them.
 NOT_TRAINING = ("out", "eval_every_steps", "checkpoint_every", "checkpoint_every_minutes")
@@ -121,8 +120,11 @@ class Plan:
 
 
 def full_plan() -> Plan:
+    from coolmomentum.experiments.config import SCHEDULE_FREE_BN_BATCHES
+
     common = {"dataset": "fashion-mnist", "batch_size": 128, "eval_batch_size": 1000}
-    batch_norm = {"recompute_batch_norm": BN_BATCHES}
+    # Every optimizer's batch norm is recomputed before evaluating, as schedule-free's is.
+    batch_norm = {"recompute_batch_norm": SCHEDULE_FREE_BN_BATCHES}
     return Plan(
         workloads=[
             Workload(
@@ -681,6 +683,7 @@ def write_results(
     plan: Plan, results: Results, out: Path, command: str, wall_hours: float, quick: bool
 ) -> None:
     from coolmomentum._io import atomic_write
+    from coolmomentum.experiments.config import SCHEDULE_FREE_BN_BATCHES
 
     s = summarize(plan, results)
     out.mkdir(parents=True, exist_ok=True)
@@ -708,7 +711,8 @@ def write_results(
         "per family (5e-4 coupled for SGD, schedule-free SGD and CoolMomentum; 0.05 decoupled "
         "for AdamW and schedule-free AdamW); AdamW and both schedule-free optimizers warm up "
         "over 5 % of the steps. Schedule-free runs are evaluated at their averaged weights. "
-        f"Batch norm's statistics are recomputed at the evaluated weights ({BN_BATCHES} "
+        "Batch norm's statistics are recomputed at the evaluated weights "
+        f"({SCHEDULE_FREE_BN_BATCHES} "
         "batches) for every optimizer on the workloads with batch norm, for schedule-free "
         "on all.",
         "",
