@@ -163,8 +163,9 @@ def test_a_rank_killed_under_torchrun_ends_the_job_and_it_resumes_exactly(data_d
                 "--nproc_per_node", "2", "-m")  # fmt: skip
     run = ["--epochs", 2, "--checkpoint-every", 4]
     straight = tmp_path / "straight"
-    subprocess.run(command(straight, data_dir, *run, launcher=torchrun), check=True, env=ENV,
-                   capture_output=True)  # fmt: skip
+    done = subprocess.run(command(straight, data_dir, *run, launcher=torchrun), env=ENV,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
     out = tmp_path / "killed"
     ckpt = out / "coolmomentum" / "checkpoint.pt"
     proc = subprocess.Popen(command(out, data_dir, *run, "--resume", launcher=torchrun),
@@ -191,6 +192,30 @@ def test_a_rank_killed_under_torchrun_ends_the_job_and_it_resumes_exactly(data_d
                           env=ENV, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert_same_run(straight / "coolmomentum", out / "coolmomentum")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not Path("/proc/self/task").is_dir(),
+                    reason="needs torch.distributed and Linux's /proc")  # fmt: skip
+def test_closing_the_world_stops_gloos_threads_so_a_finished_run_cannot_abort_at_exit(tmp_path):
+    """Threads of gloo left running into interpreter shutdown abort a finished run (SIGABRT,
+    now and then) when they release a collective's tensors there; DDP must not keep them."""
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import os, torch\n"
+        "from coolmomentum.experiments.distributed import setup\n"
+        "world, _ = setup(torch.device('cpu'))\n"
+        "model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))\n"
+        "model(torch.ones(2, 3)).sum().backward()\n"
+        "del model\n"
+        "world.close()\n"
+        "names = [open(f'/proc/self/task/{t}/comm').read().strip()\n"
+        "         for t in os.listdir('/proc/self/task')]\n"
+        "assert not [n for n in names if 'gloo' in n], names\n"
+    )
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script)], env=ENV, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -227,12 +227,13 @@ def test_imagenet_errors_name_the_problem(tmp_path, tree, monkeypatch, capsys):
 def test_two_rank_torchrun_on_imagenet(tree, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "coolmomentum", "train", *TINY_IMAGENET, "--data-dir", str(tree),
          "--epochs", "1", "--ema-decay", "0.9", "--out", str(out)],
-        check=True, capture_output=True, env=env,
+        capture_output=True, text=True, env=env,
     )
+    assert done.returncode == 0, done.stderr
     assert json.loads((out / "coolmomentum/config.json").read_text())["world_size"] == 2
     (m,) = load_metrics(out / "coolmomentum")
     assert m["step"] == 3  # the global batch of 4: 2 images per rank

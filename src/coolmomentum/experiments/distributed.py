@@ -6,6 +6,7 @@ single process and every function here is a no-op.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -71,5 +72,11 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # DistributedDataParallel imports torch._dynamo, and an import of it after the group
+        # exists keeps references to the group for good: destroy_process_group then cannot
+        # free it, gloo's worker threads live on into interpreter shutdown, and one that
+        # releases a finished collective's tensors there aborts the process (SIGABRT) after
+        # a run that succeeded. Imported first, it holds none, and close() frees the group.
+        importlib.import_module("torch._dynamo")  # not `import torch._dynamo`: a local torch
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return world, device
