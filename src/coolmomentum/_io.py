@@ -19,8 +19,10 @@ def atomic_write(
 
     A process killed at any moment leaves either the old file or the new one, never a part;
     the file and then the folder are synced, so that a file reported written survives a power
-    loss. With ``previous``, the old file is kept under that name (renamed just before the
-    new one takes its place). A failed write (a full disk, say) leaves the old file as it was
+    loss. With ``previous``, the old file is kept under that name, through a hard link, so
+    that ``path`` is there at every moment (a reader polling it never misses it; where the
+    file system has no hard links, the old file is renamed, and for an instant only
+    ``previous`` is there). A failed write (a full disk, say) leaves the old file as it was
     and raises.
     """
     path = Path(path)
@@ -31,12 +33,25 @@ def atomic_write(
             f.flush()
             os.fsync(f.fileno())
         if previous is not None and path.exists():
-            os.replace(path, previous)
+            _keep(path, Path(previous), Path(tmp).with_suffix(".link.tmp"))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
+
+
+def _keep(path: Path, previous: Path, link: Path) -> None:
+    """``path``'s file is also ``previous`` (replacing it), and ``path`` stays."""
+    try:
+        os.link(path, link)
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        os.replace(path, previous)
+        return
+    try:
+        os.replace(link, previous)
+    finally:
+        link.unlink(missing_ok=True)
 
 
 def _sync_folder(folder: Path) -> None:

@@ -112,6 +112,33 @@ def test_a_kill_while_writing_leaves_a_checkpoint_that_loads(tmp_path):
             state["model"]["w"], torch.full((2**21,), float(state["step"])))
 
 
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_checkpoint_replaced_keeps_the_previous_one(tmp_path, monkeypatch, hard_links):
+    """The latest is kept as the previous one; with hard links, the file a reader polls is
+    there at every rename (a monitor or a test never finds it missing)."""
+    import coolmomentum._io as io_module
+
+    path, previous = tmp_path / "checkpoint.pt", tmp_path / "previous.pt"
+    real_replace, renames = os.replace, []
+
+    def replace(src, dst):
+        renames.append(path.exists())
+        real_replace(src, dst)
+        renames.append(path.exists())
+
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(io_module.os, "replace", replace)
+    if not hard_links:
+        monkeypatch.setattr(io_module.os, "link", no_link)
+    for version in ("one", "two", "three"):
+        io_module.atomic_write(path, version, previous=previous)
+    assert path.read_text() == "three" and previous.read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "previous.pt"]
+    assert all(renames[2:]) == hard_links  # the first write has no file to keep
+
+
 def test_sigterm_mid_epoch_writes_that_step_and_exits_75_then_resumes_exactly(data_dir, tmp_path):
     run = ["--epochs", 2]
     straight = tmp_path / "straight"
