@@ -641,11 +641,10 @@ def summarize(plan: Plan, results: Results) -> dict[str, Any]:
     choices = chosen_settings(plan, results)
     records: list[dict[str, Any]] = []
     finals: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for r in results.values():
-        run = Run(**r["run"])
-        if run.stage in ("final", "budget"):
+    for run in planned_runs(plan, results):  # the plan's order, whatever order runs ended in
+        if run.stage in ("final", "budget") and run.id in results:
             key = run.label if run.stage == "final" else f"{run.label}@{run.epochs}"
-            finals.setdefault(run.workload, {}).setdefault(key, []).append(r)
+            finals.setdefault(run.workload, {}).setdefault(key, []).append(results[run.id])
     for workload in plan.workloads:
         for rs in finals.get(workload.name, {}).values():
             rs.sort(key=lambda r: r["run"]["seed"])

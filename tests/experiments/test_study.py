@@ -46,6 +46,12 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     schedules = {r["optimizer"]: r["setting"]["lr_schedule"] for r in finals}
     assert schedules["sgd"] == "cosine" and schedules["sgd-schedulefree"] == "schedule-free"
     assert [r["budget_epochs"] for r in records if "budget_epochs" in r] == [1] * 4
+    # The rows follow the plan (the paper's settings last), not the order runs ended in.
+    backwards = dict(reversed(list(study.load_results(work).items())))
+    rows = [(r["workload"], r["optimizer"], r.get("budget_epochs")) for r in records]
+    assert [(r["workload"], r["optimizer"], r.get("budget_epochs"))
+            for r in study.summarize(plan, backwards)["records"]] == rows  # fmt: skip
+    assert [r["optimizer"] for r in finals if r["workload"] == "lstm"][-1] == "coolmomentum-paper"
     report = (out / "study_quick.md").read_text()
     for heading in ("### Tuning", "### Final runs", "## Cooling on to zero", "## Budget"):
         assert heading in report
