@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "leftovers"]
 
 
 def atomic_write(
@@ -39,6 +40,12 @@ def atomic_write(
         Path(tmp).unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
+
+
+def leftovers(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files of writes to ``path`` that a killed process left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
 def _keep(path: Path, previous: Path, link: Path) -> None:

@@ -110,6 +110,7 @@ def test_a_kill_while_writing_leaves_a_checkpoint_that_loads(tmp_path):
         state = checkpoint.open_run_dir(run_dir, {}, resume=True, log=lambda _: None)
         assert state is not None and torch.equal(
             state["model"]["w"], torch.full((2**21,), float(state["step"])))
+        assert not list(run_dir.glob(".*.tmp"))  # a write cut short leaves nothing behind
 
 
 @pytest.mark.parametrize("hard_links", [True, False])
@@ -304,6 +305,22 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(finished, tmp_path,
     assert cli.main(["train", *TINY, "--data-dir", str(data_dir), "--epochs", "2", "--out",
                      str(tmp_path / "out"), "--resume"]) == 0  # fmt: skip
     assert "resuming from the previous checkpoint" in capsys.readouterr().out
+
+
+def test_temporary_files_left_by_a_killed_write_are_removed_on_resume(finished, tmp_path):
+    run_dir, _ = _two_checkpoints(finished, tmp_path)
+    left = [run_dir / f".{checkpoint.CHECKPOINT}.k3x9.tmp",
+            run_dir / f".{checkpoint.CHECKPOINT}.k3x9.link.tmp",
+            run_dir / f".{checkpoint.METRICS}.w7q1.tmp"]  # fmt: skip
+    for path in left:
+        path.write_bytes(b"a part of a file")
+    mine = run_dir / ".notes.tmp"  # not the run's: kept
+    mine.write_text("kept")
+    config = torch.load(run_dir / checkpoint.CHECKPOINT, weights_only=True)["config"]
+    lines: list[str] = []
+    state = checkpoint.open_run_dir(run_dir, config, resume=True, log=lines.append)
+    assert state is not None and not any(p.exists() for p in left) and mine.exists()
+    assert lines == [f"removed 3 temporary file(s) that a write interrupted in {run_dir} left"]
 
 
 def test_no_readable_checkpoint_is_a_clear_error_naming_the_files(finished, tmp_path, capsys):

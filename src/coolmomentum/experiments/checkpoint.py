@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from coolmomentum._io import atomic_write
+from coolmomentum._io import atomic_write, leftovers
 
 from .config import NOT_IDENTITY, ConfigError
 
@@ -118,9 +118,15 @@ def open_run_dir(
     A checkpoint already there needs ``resume`` and the same configuration (but for where
     things are: data, device, output folder, workers). If the latest checkpoint cannot be
     read, the previous one is used, and ``log`` says so; if neither can, a
-    :class:`ConfigError` names them and the ways out.
+    :class:`ConfigError` names them and the ways out. Temporary files that a killed write
+    left behind are removed (``log`` says how many).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    stale = [p for name in (CHECKPOINT, METRICS, CONFIG) for p in leftovers(run_dir / name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) that a write interrupted in {run_dir} left")
     paths = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS) if p.exists()]
     checkpoint = None
     if paths and not resume:
