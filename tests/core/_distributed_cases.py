@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo  # before the process group: see experiments.distributed.setup
 from torch import nn
 
 import coolmomentum.torch as cm_torch
@@ -309,7 +310,8 @@ def main(phase: str, outdir: str) -> None:
             case(out)
     finally:
         # A rank that leaves while its peer's last collective is still in flight aborts the
-        # peer's gloo threads ("terminate called without an active exception"): meet first.
+        # peer's gloo threads: meet first. The group is then freed, and its threads joined,
+        # before the interpreter shuts down (torch._dynamo came first).
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
