@@ -118,3 +118,17 @@ def test_a_grid_grows_past_the_edge_its_best_trial_sits_at(study):
     assert grid(lambda lr: -abs(lr - 8)) == [1, 2, 4, 8, 16]  # found, then bracketed
     assert grid(lambda lr: -lr) == [0.25, 0.5, 1, 2, 4]
     assert grid(lambda lr: None if lr > 1 else lr) == [0.5, 1, 2, 4]  # diverged count as 0
+
+
+def test_hot_start_finds_where_a_run_collapsed_for_good():
+    spec = importlib.util.spec_from_file_location("hot_start", ROOT / "benchmarks" / "hot_start.py")
+    hot_start = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hot_start)
+    assert hot_start.collapsed_at([0.3, 0.1, 0.5, 0.1, 0.1]) == 3  # not at 1: it recovered
+    assert hot_start.collapsed_at([0.3, 0.6, 0.7]) is None
+    assert hot_start.collapsed_at([0.1, 0.1]) == 0
+    assert hot_start.effective_step(0.08, 0.99) == pytest.approx(0.08 * 99.5)
+    tuned = hot_start.tuned_setting()  # the study's ResNet-20 choice, from its results file
+    specs = list(hot_start.variants(tuned).values())
+    assert tuned["optimizer"] == "coolmomentum" and specs[0] == tuned
+    assert [[k for k in tuned if s[k] != tuned[k]] for s in specs[1:]] == [["rho_0"], ["lr"]]
