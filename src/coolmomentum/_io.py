@@ -9,6 +9,11 @@ from pathlib import Path
 
 __all__ = ["atomic_write", "leftovers"]
 
+# The process's umask, read once (setting it is the only way to read it): a file written here
+# gets the mode that open() would give it, not mkstemp's owner-only 0600.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(
     path: str | os.PathLike[str],
@@ -29,6 +34,8 @@ def atomic_write(
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # POSIX (Windows has no such modes)
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()

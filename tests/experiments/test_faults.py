@@ -138,6 +138,9 @@ def test_a_checkpoint_replaced_keeps_the_previous_one(tmp_path, monkeypatch, har
     assert path.read_text() == "three" and previous.read_text() == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "previous.pt"]
     assert all(renames[2:]) == hard_links  # the first write has no file to keep
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() makes it, not 0600
 
 
 def test_sigterm_mid_epoch_writes_that_step_and_exits_75_then_resumes_exactly(data_dir, tmp_path):
