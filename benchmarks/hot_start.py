@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -67,7 +66,7 @@ def run_config(plan: study.Plan, spec: dict[str, Any], seed: int, work: Path) ->
 
     workload = next(w for w in plan.workloads if w.name == WORKLOAD)
     settings = {**workload.settings, **plan.data}
-    per_epoch = settings["train_subset"] // settings["batch_size"]  # drop_last
+    per_epoch = study.steps_per_epoch(workload, plan, "val")
     settings.update(epochs=workload.epochs, seed=seed, device="cpu", validation=VALIDATION,
                     final_train_loss=False, eval_every_steps=per_epoch // EVALUATIONS_PER_EPOCH,
                     out=str(work), runs=[{**spec, "label": "coolmomentum"}])  # fmt: skip
@@ -112,10 +111,7 @@ def collapsed_at(accuracies: list[float]) -> int | None:
 
 
 def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "—"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+    return study._mean_std(list(values), digits=3) if values else "—"
 
 
 def report(rows: dict[str, list[dict[str, Any]]], command: str, wall_hours: float) -> str:
