@@ -458,8 +458,9 @@ def execute(run: Run, plan: Plan, work: Path, threads: int) -> dict[str, Any]:
     """Train ``run`` (resuming its checkpoint if there is one); its summary."""
     import torch
 
+    from coolmomentum.errors import Diverged
     from coolmomentum.experiments.data import InMemoryData
-    from coolmomentum.experiments.loop import Diverged, train
+    from coolmomentum.experiments.loop import train
 
     torch.set_num_threads(threads)
     config = run_config(run, plan, work)

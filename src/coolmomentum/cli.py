@@ -2,8 +2,10 @@
 
 Two clients of the library register their commands side by side: the experiment harness
 (``compare``, ``train``, ``report``) and the physics front (``anneal``). Every handler returns
-an exit code; a :class:`~coolmomentum.errors.UsageError` becomes one ``coolmomentum: error:``
-line and status 2, a :class:`~coolmomentum.errors.Preempted` run status 75.
+an exit code; a :class:`~coolmomentum.errors.UsageError` (a bad setting) or a
+:class:`~coolmomentum.errors.RunError` (a run that diverged or could not write its checkpoint)
+becomes one ``coolmomentum: error:`` line and status 2, a
+:class:`~coolmomentum.errors.Preempted` run status 75.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from .errors import Preempted, UsageError
+from .errors import Preempted, RunError, UsageError
 
 __all__ = ["build_parser", "check_experiments_extra", "main"]
 
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_experiments_extra()
         status: int = args.func(args)
         return status
-    except UsageError as e:
+    except (UsageError, RunError) as e:
         print(f"coolmomentum: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except Preempted as e:

@@ -19,8 +19,9 @@ import torch
 from test_data import write_fashion_mnist
 
 from coolmomentum import cli
+from coolmomentum.errors import CheckpointWriteError, Diverged
 from coolmomentum.experiments import checkpoint, loop
-from coolmomentum.experiments.config import ConfigError, RunConfig
+from coolmomentum.experiments.config import RunConfig
 from coolmomentum.experiments.data import InMemoryData
 
 TINY = ["--dataset", "fashion-mnist", "--model", "convnet", "--batch-size", "8", "--seed", "3"]
@@ -363,7 +364,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint_and_stops_clearly(data_dir
         real_fsync(fd)
 
     monkeypatch.setattr(io_module.os, "fsync", fsync)
-    with pytest.raises(ConfigError, match=r"cannot write the checkpoint .*No space left on de"):
+    with pytest.raises(CheckpointWriteError, match=r"cannot write the checkpoint .*No space left"):
         loop.train(config, config.runs[0], run_dir, data, log=lambda _: None)
     monkeypatch.undo()
     kept = torch.load(run_dir / checkpoint.CHECKPOINT, weights_only=True)
@@ -390,7 +391,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(data_dir,
                        epochs=2)  # fmt: skip
     data = InMemoryData(config, torch.device("cpu"))
     _poisoned(monkeypatch, {20})  # training step 20, in epoch 2
-    with pytest.raises(loop.Diverged, match=r"not finite at step 20 .*lower --lr"):
+    with pytest.raises(Diverged, match=r"not finite at step 20 .*lower --lr"):
         loop.train(config, config.runs[0], tmp_path / "run", data, log=lambda _: None)
     kept = torch.load(tmp_path / "run" / checkpoint.CHECKPOINT, weights_only=True)
     assert kept["step"] == 16  # the end of epoch 1: nothing after the loss went bad

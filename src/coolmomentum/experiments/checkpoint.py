@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from coolmomentum._io import atomic_write, leftovers
+from coolmomentum.errors import CheckpointWriteError
 
 from .config import NOT_IDENTITY, ConfigError
 
@@ -87,7 +88,7 @@ def save(run_dir: Path, state: dict[str, Any]) -> None:
         atomic_write(run_dir / CHECKPOINT, buffer.getvalue(), previous=run_dir / PREVIOUS)
         atomic_write(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in state["metrics"]))
     except OSError as e:
-        raise ConfigError(
+        raise CheckpointWriteError(
             f"cannot write the checkpoint in {run_dir} ({e.strerror or e}); the previous one is "
             f"intact: free space or fix the folder, then rerun with --resume"
         ) from None

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coolmomentum.errors import Preempted
+from coolmomentum.errors import Diverged, Preempted
 
 from . import checkpoint
 from .config import ConfigError, OptimizerSpec, RunConfig, run_steps
@@ -38,7 +38,7 @@ from .models import build_model
 from .optimizers import RunOptimizer, build_optimizer
 from .weight_average import WeightAverage
 
-__all__ = ["Diverged", "evaluate", "train"]
+__all__ = ["evaluate", "train"]
 
 # Refresh the progress bar's loss and accuracy every this many steps (each refresh waits for
 # the device).
@@ -48,11 +48,6 @@ PROGRESS_EVERY = 20
 # is not finite on any rank. One small collective and one wait for the device per check.
 CONTROL_EVERY = 10
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class Diverged(ConfigError):
-    """The training loss stopped being finite (``on_nonfinite="stop"``): the run ends, its
-    last checkpoint (taken before) is kept."""
 
 
 @dataclass
@@ -207,8 +202,8 @@ def train(
     """Train one optimizer; returns its metrics (also written to ``run_dir``).
 
     Raises :class:`~coolmomentum.errors.Preempted` after writing a checkpoint when SIGTERM or
-    SIGUSR1 arrives, and :class:`Diverged` when the training loss stops being finite
-    (with ``on_nonfinite="stop"``; the last checkpoint is kept).
+    SIGUSR1 arrives, and :class:`~coolmomentum.errors.Diverged` when the training loss stops
+    being finite (with ``on_nonfinite="stop"``; the last checkpoint is kept).
     """
     world, device = data.world, data.device
     saved_config = {**config.for_run(spec), "world_size": world.size}
