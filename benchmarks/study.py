@@ -120,7 +120,7 @@ class Plan:
 
 
 def full_plan() -> Plan:
-    from coolmomentum.experiments.config import SCHEDULE_FREE_BN_BATCHES
+    from coolmomentum.experiments.optimizers import SCHEDULE_FREE_BN_BATCHES
 
     common = {"dataset": "fashion-mnist", "batch_size": 128, "eval_batch_size": 1000}
     # Every optimizer's batch norm is recomputed before evaluating, as schedule-free's is.
@@ -507,7 +507,7 @@ def reused(run: Run, plan: Plan, work: Path, sources: Iterable[Path]) -> dict[st
     from; else None."""
     from coolmomentum.experiments.config import RunConfig
 
-    config = dataclasses.asdict(run_config(run, plan, work))
+    config = run_config(run, plan, work).to_dict()
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)
                 if f.default is not dataclasses.MISSING}  # fmt: skip
     for source in sources:
@@ -683,7 +683,7 @@ def write_results(
     plan: Plan, results: Results, out: Path, command: str, wall_hours: float, quick: bool
 ) -> None:
     from coolmomentum._io import atomic_write
-    from coolmomentum.experiments.config import SCHEDULE_FREE_BN_BATCHES
+    from coolmomentum.experiments.optimizers import SCHEDULE_FREE_BN_BATCHES
 
     s = summarize(plan, results)
     out.mkdir(parents=True, exist_ok=True)

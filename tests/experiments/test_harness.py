@@ -15,10 +15,10 @@ from test_data import write_fashion_mnist
 
 from coolmomentum import cli, schedules
 from coolmomentum.experiments.checkpoint import load_metrics
-from coolmomentum.experiments.config import ConfigError, OptimizerSpec, RunConfig
+from coolmomentum.experiments.config import ConfigError, RunConfig
 from coolmomentum.experiments.data import InMemoryData
 from coolmomentum.experiments.loop import evaluate, train
-from coolmomentum.experiments.optimizers import param_groups
+from coolmomentum.experiments.optimizers import OptimizerSpec, param_groups
 from coolmomentum.experiments.presets import PRESETS
 from coolmomentum.experiments.report import PLOTS
 
@@ -196,6 +196,68 @@ def test_bad_settings_are_clear_errors(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(*base, "--lr-decay", "80-0.1")
     assert "EPOCH:FACTOR" in capsys.readouterr().err
+
+
+def test_a_flag_that_applies_to_none_of_its_runs_is_an_error_naming_it(data_dir, tmp_path,
+                                                                        capsys):  # fmt: skip
+    base = [*TINY, "--data-dir", data_dir, "--out", tmp_path / "o", "--epochs", 1]
+    assert run_cli("train", *base, "--optimizer", "adam", "--nesterov") == 2
+    err = capsys.readouterr().err
+    assert "--nesterov does not apply to the runs it would set: adam (adam)" in err
+    assert "it is a setting of sgd" in err
+    assert run_cli("compare", *base, "--optimizers", "adam,adamw", "--momentum", 0.5) == 2
+    assert "--momentum does not apply to the runs it would set: adam (adam), adamw" in (
+        capsys.readouterr().err)  # fmt: skip
+    assert run_cli("compare", *base, "--set", "adam.rho_0=0.9") == 2
+    assert "rho_0 does not apply to adam (it is a setting of coolmomentum, sgd-cooled, " in (
+        capsys.readouterr().err)  # fmt: skip
+    with pytest.raises(ConfigError, match="lr_schedule does not apply to sgd-schedulefree"):
+        RunConfig(runs=[{"optimizer": "sgd-schedulefree", "lr_schedule": "cosine"}])
+    # In a comparison a flag sets the runs it fits and leaves the others alone.
+    out = tmp_path / "fits"
+    assert run_cli("compare", *base[:-4], "--out", out, "--epochs", 1, "--optimizers",
+                   "sgd,adam", "--nesterov", "--momentum", 0.5) == 0  # fmt: skip
+    sgd, adam = (json.loads((out / f"{name}/config.json").read_text())["runs"][0]
+                 for name in ("sgd", "adam"))  # fmt: skip
+    assert (sgd["nesterov"], sgd["momentum"]) == (True, 0.5)
+    assert "nesterov" not in adam and "momentum" not in adam
+
+
+def test_a_run_recorded_with_every_optimizer_setting_still_resumes(data_dir, tmp_path, capsys):
+    """Earlier versions recorded every setting of every optimizer in a run's configuration; a
+    checkpoint they wrote resumes, unless a setting that does not apply held another value."""
+    from coolmomentum.experiments import checkpoint
+
+    out = tmp_path / "out"
+    args = ["train", *TINY, "--data-dir", data_dir, "--out", out, "--optimizer", "adam",
+            "--epochs", 1]  # fmt: skip
+    assert run_cli(*args) == 0
+
+    def rewrite(**settings):
+        state = torch.load(out / "adam" / checkpoint.CHECKPOINT, weights_only=True)
+        state.pop(checkpoint.CHECKSUM)
+        state["config"]["runs"][0].update(settings)
+        checkpoint.save(out / "adam", state)
+
+    uniform = {"rho_0": 0.99, "schedule": "exponential", "total_steps": None, "hot_epochs": 0.0,
+               "momentum_warmup_steps": 0, "momentum": 0.9, "nesterov": False, "rms_decay": 0.9,
+               "eps": 1e-3}  # fmt: skip
+    rewrite(**uniform)
+    capsys.readouterr()
+    assert run_cli(*args, "--resume") == 0
+    assert "resuming after step 4" in capsys.readouterr().out
+    rewrite(nesterov=True)
+    assert run_cli(*args, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "was written by another configuration (runs: " in err and "'nesterov': True" in err
+
+
+def test_a_diverged_run_names_the_flags_that_help(data_dir, tmp_path, capsys):
+    args = ["train", *TINY, "--data-dir", data_dir, "--out", tmp_path / "o", "--epochs", 1,
+            "--optimizer", "sgd", "--lr", 1e30]  # fmt: skip
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert "the training loss is not finite at step" in err and "lower --lr" in err
 
 
 def test_set_changes_one_run_and_lr_decay_steps_the_learning_rate(data_dir, tmp_path):
@@ -506,6 +568,7 @@ def test_validation_split_and_the_final_training_set_loss(data_dir, tmp_path):
 
 def test_temperature_is_the_mean_over_every_element_of_every_group():
     from coolmomentum.experiments.optimizers import RunOptimizer
+    from coolmomentum.experiments.optimizers.kinds import Built, RunContext
 
     torch.manual_seed(0)
     small, big = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(50))
@@ -514,12 +577,12 @@ def test_temperature_is_the_mean_over_every_element_of_every_group():
     opt = CoolMomentum([{"params": [small], "lr": 0.5}, {"params": [big]}], lr=0.01,
                        total_steps=10)  # fmt: skip
     spec = OptimizerSpec()
-    run_opt = RunOptimizer(opt, spec, steps_per_epoch=10, total_steps=10)
+    run_opt = RunOptimizer(Built(opt), spec, RunContext(steps_per_epoch=10, total_steps=10))
     small.grad, big.grad = torch.randn(3), torch.randn(50)
     opt.step()
     # The buffers hold v / lr.
     v = torch.cat([g["lr"] * opt.state[p]["momentum_buffer"] for g in opt.param_groups
                    for p in g["params"]])  # fmt: skip
-    report = run_opt.momentum()
-    assert report["temperature"] == pytest.approx(v.square().mean().item(), rel=1e-6)
-    assert report["rho"] == pytest.approx(0.99)
+    report = run_opt.report()
+    assert report.temperature == pytest.approx(v.square().mean().item(), rel=1e-6)
+    assert report.rho == pytest.approx(0.99)

@@ -13,11 +13,17 @@ from test_imagenet import _make_tree
 
 from coolmomentum import cli, schedules
 from coolmomentum.experiments.checkpoint import load_metrics
-from coolmomentum.experiments.config import OptimizerSpec, RunConfig
+from coolmomentum.experiments.config import RunConfig
 from coolmomentum.experiments.data import InMemoryData
 from coolmomentum.experiments.distributed import World
 from coolmomentum.experiments.loop import train
-from coolmomentum.experiments.optimizers import TFRMSprop, build_optimizer, lr_at, param_groups
+from coolmomentum.experiments.optimizers import (
+    OptimizerSpec,
+    TFRMSprop,
+    build_optimizer,
+    lr_at,
+    param_groups,
+)
 from coolmomentum.experiments.presets import PRESETS
 from coolmomentum.experiments.weight_average import WeightAverage
 
@@ -153,7 +159,7 @@ def test_tf_rmsprop_follows_its_formula():
 
 
 def test_rmsprop_learning_rate_warms_up_then_decays_by_staircase():
-    spec = OptimizerSpec(**PRESETS["efficientnet-b0-imagenet-rmsprop"]["runs"][0])
+    spec = OptimizerSpec.from_settings(PRESETS["efficientnet-b0-imagenet-rmsprop"]["runs"][0])
     peak, per_epoch = 0.128, 1_281_167 / 2048
     assert spec.lr == pytest.approx(peak)
     assert lr_at(spec, 0, 625) == 0.0
@@ -162,7 +168,7 @@ def test_rmsprop_learning_rate_warms_up_then_decays_by_staircase():
     decay_steps = 2.4 * per_epoch  # 1501.37: a fractional period, as TF's
     assert lr_at(spec, math.ceil(3 * decay_steps) - 1, 625) == pytest.approx(peak * 0.97**2)
     assert lr_at(spec, math.ceil(3 * decay_steps), 625) == pytest.approx(peak * 0.97**3)
-    cool = OptimizerSpec(**PRESETS["paper-efficientnet-b0-imagenet"]["runs"][0])
+    cool = OptimizerSpec.from_settings(PRESETS["paper-efficientnet-b0-imagenet"]["runs"][0])
     assert {lr_at(cool, k, 625) for k in (0, 3127, 218_947)} == {0.6}
 
 

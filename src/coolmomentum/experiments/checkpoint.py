@@ -31,6 +31,7 @@ from coolmomentum._io import atomic_write, leftovers
 from coolmomentum.errors import CheckpointWriteError
 
 from .config import NOT_IDENTITY, ConfigError
+from .optimizers import canonical_settings
 
 __all__ = [
     "CHECKPOINT",
@@ -51,8 +52,11 @@ CHECKSUM = "sha256"
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings a resumed run must share with the run it continues."""
-    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    """The settings a resumed run must share with the run it continues (its optimizer's as
+    this version records them, whichever version wrote the checkpoint)."""
+    identity = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    identity["runs"] = [canonical_settings(run) for run in identity.get("runs", [])]
+    return identity
 
 
 def checksum(state: Any) -> str:

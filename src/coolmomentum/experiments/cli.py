@@ -1,9 +1,11 @@
 """The experiment commands of ``coolmomentum``: ``compare``, ``train`` and ``report``.
 
-Every field of :class:`.config.RunConfig` and :class:`.config.OptimizerSpec` that has a
-``help`` is a flag of ``compare`` and ``train`` (``batch_size`` is ``--batch-size``), with the
-field's type, choices and help, so flags and settings cannot drift apart. A run starts from
-its preset (the demo by default), then every flag given.
+Every field of :class:`.config.RunConfig`, of :class:`.optimizers.OptimizerSpec` and of each
+optimizer's hyperparameters (:data:`.optimizers.KINDS`) that has a ``help`` is a flag of
+``compare`` and ``train`` (``batch_size`` is ``--batch-size``), with the field's type, choices
+and help, so flags and settings cannot drift apart. A run starts from its preset (the demo by
+default), then every flag given; an optimizer's flag that applies to none of the runs it
+reaches is an error that names it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import OPTIMIZERS, ConfigError, OptimizerSpec, RunConfig
+from coolmomentum.errors import Diverged, Preempted
+
+from .config import ConfigError, RunConfig
+from .optimizers import KINDS, OptimizerSpec
+from .optimizers.spec import applies, kinds_with
 from .presets import PRESETS
 
 __all__ = ["build_config", "register"]
@@ -36,7 +43,19 @@ def _flag_fields(cls: type) -> list[dataclasses.Field[Any]]:
 
 
 RUN_FIELDS = [f.name for f in _flag_fields(RunConfig)]
-OPTIMIZER_FIELDS = [f.name for f in _flag_fields(OptimizerSpec)]
+
+
+def _optimizer_flags() -> dict[str, tuple[type, dataclasses.Field[Any]]]:
+    """Every optimizer setting with a flag, and the dataclass that declares it first: the
+    shared ones, then each optimizer's own."""
+    flags: dict[str, tuple[type, dataclasses.Field[Any]]] = {}
+    for cls in (OptimizerSpec, *(k.hyperparameters for k in KINDS.values())):
+        for f in _flag_fields(cls):
+            flags.setdefault(f.name, (cls, f))
+    return flags
+
+
+OPTIMIZER_FLAGS = _optimizer_flags()
 
 
 def _value_type(cls: type, f: dataclasses.Field[Any]) -> Any:
@@ -77,10 +96,15 @@ def _argparse_type(parse: Any) -> Any:
     return convert
 
 
-def _add_field_flags(parser: Any, cls: type) -> None:
-    for f in _flag_fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_field_flags(parser: Any, fields: Sequence[tuple[type, dataclasses.Field[Any]]]) -> None:
+    for cls, f in fields:
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        if cls is not RunConfig and len(kinds_with(f.name)) < len(KINDS):
+            kwargs["help"] += f" [{', '.join(kinds_with(f.name))}]"
         if _value_type(cls, f) is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -88,7 +112,7 @@ def _add_field_flags(parser: Any, cls: type) -> None:
             for key in ("choices", "metavar"):
                 if key in f.metadata:
                     kwargs[key] = f.metadata[key]
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(_flag(f.name), **kwargs)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -100,8 +124,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="progress bars (default: when stderr is a terminal)",
     )
-    _add_field_flags(p.add_argument_group("run settings"), RunConfig)
-    _add_field_flags(p.add_argument_group("optimizer hyperparameters"), OptimizerSpec)
+    run_fields = [(RunConfig, f) for f in _flag_fields(RunConfig)]
+    _add_field_flags(p.add_argument_group("run settings"), run_fields)
+    _add_field_flags(
+        p.add_argument_group("optimizer hyperparameters (each applies to the optimizers listed)"),
+        list(OPTIMIZER_FLAGS.values()),
+    )
 
 
 def register(commands: Any) -> None:
@@ -128,7 +156,7 @@ def register(commands: Any) -> None:
     _add_common(train)
     train.add_argument(
         "--optimizer",
-        help=f"one of {', '.join(OPTIMIZERS)}, or a run label of the preset",
+        help=f"one of {', '.join(KINDS)}, or a run label of the preset",
     )
     train.set_defaults(func=_train)
 
@@ -147,14 +175,19 @@ def _set_one(runs: list[dict[str, Any]], item: str) -> None:
             f"--set {item!r}: expected LABEL.KEY=VALUE with a run label of "
             f"{[r['label'] for r in runs]}"
         )
-    fields = {f.name: f for f in _flag_fields(OptimizerSpec)}
-    if key not in fields:
+    if key not in OPTIMIZER_FLAGS:
         raise ConfigError(
             f"--set {item!r}: {key!r} is not an optimizer setting; choose one of "
-            f"{', '.join(fields)}"
+            f"{', '.join(OPTIMIZER_FLAGS)}"
+        )
+    run = matches[0]
+    if not applies(KINDS[run["optimizer"]], key):
+        raise ConfigError(
+            f"--set {item!r}: {key} does not apply to {run['optimizer']} (it is a setting of "
+            f"{', '.join(kinds_with(key))})"
         )
     try:
-        matches[0][key] = _parser(OptimizerSpec, fields[key])(text)
+        run[key] = _parser(*OPTIMIZER_FLAGS[key])(text)
     except ValueError as e:
         raise ConfigError(f"--set {item!r}: {e}") from None
 
@@ -184,13 +217,26 @@ def build_config(args: argparse.Namespace, *, single: bool) -> RunConfig:
         runs = [r for r in runs if r["label"] in wanted] + [
             {"optimizer": w, "label": w} for w in wanted if w not in labels
         ]
-    for run in runs:
-        for key in OPTIMIZER_FIELDS:
-            if getattr(args, key) is not None:
-                run[key] = getattr(args, key)
+    for key in OPTIMIZER_FLAGS:
+        if getattr(args, key) is not None:
+            _apply_flag(runs, key, getattr(args, key))
     for item in getattr(args, "set", []):
         _set_one(runs, item)
-    return RunConfig(**d, runs=[OptimizerSpec(**r) for r in runs])
+    return RunConfig(**d, runs=[OptimizerSpec.from_settings(run) for run in runs])
+
+
+def _apply_flag(runs: list[dict[str, Any]], key: str, value: Any) -> None:
+    """Set an optimizer flag's value in every run it applies to; none is an error."""
+    fitting = [run for run in runs if run["optimizer"] in KINDS
+               and applies(KINDS[run["optimizer"]], key)]  # fmt: skip
+    if not fitting:
+        reached = ", ".join(f"{run['label']} ({run['optimizer']})" for run in runs)
+        raise ConfigError(
+            f"{_flag(key)} does not apply to the runs it would set: {reached}; it is a setting "
+            f"of {', '.join(kinds_with(key))}"
+        )
+    for run in fitting:
+        run[key] = value
 
 
 def _run_all(args: argparse.Namespace, *, single: bool) -> int:
@@ -210,18 +256,20 @@ def _run_all(args: argparse.Namespace, *, single: bool) -> int:
             f"on {device} -> {out}"
         )
         data = load_data(config, device, world)
-        results = {
-            spec.label: train(
-                config,
-                spec,
-                out / spec.label,
-                data,
-                resume=args.resume,
-                progress=args.progress,
-                log=say,
-            )
-            for spec in config.runs
-        }
+        results = {}
+        for spec in config.runs:
+            try:
+                results[spec.label] = train(
+                    config, spec, out / spec.label, data, resume=args.resume,
+                    progress=args.progress, log=say,
+                )  # fmt: skip
+            except Diverged as e:
+                raise Diverged(
+                    f"{e}: lower --lr (or raise --lr-warmup-steps) and rerun with --resume, or "
+                    f"pass --on-nonfinite skip"
+                ) from None
+            except Preempted as e:
+                raise Preempted(f"{e}; rerun with --resume to continue") from None
         if world.is_main:
             title = f"{config.preset or 'custom run'}: {config.model} on {config.dataset}"
             path = write_report(out, results, title, config.description)

@@ -1,28 +1,29 @@
 """The training loop: one optimizer, one model, one dataset, resumable.
 
-A run trains in stretches that end where it is evaluated (every epoch, or every
-``eval_every_steps`` steps) and at its last step. After each stretch it evaluates the
-weights (and their average), appends one record to its metrics and writes its checkpoint
-(:mod:`.checkpoint`), so ``resume=True`` continues from the last evaluation. Batches, their
-augmentation and the model's own randomness are drawn from seeds derived from ``(seed,
-epoch, step)`` (:mod:`.data`), so a resumed run on the CPU ends with exactly the weights and
-metrics of an uninterrupted one, and runs that share a seed see the same initial weights and
-the same batches. Under ``torchrun`` every rank runs this loop; rank 0 alone writes and logs.
+:func:`train` is one flat loop over the run's steps. Each step is :func:`train_step` (one
+optimizer step; it returns what happened), and after it come the events due at that step,
+fixed in advance by the run's settings (:class:`Events`): sample the momentum statistics,
+agree with the other ranks on whether to stop (a preemption, a checkpoint due by the clock, a
+loss that is not finite: :mod:`.control`), evaluate, checkpoint. Evaluations (every epoch, or
+every ``eval_every_steps`` steps, and at the last step) append one record to the metrics and
+write the checkpoint (:mod:`.checkpoint`), so ``resume=True`` continues from the last one.
+Batches, their augmentation and the model's own randomness are drawn from seeds derived from
+``(seed, epoch, step)`` (:mod:`.data`), so a resumed run on the CPU ends with exactly the
+weights and metrics of an uninterrupted one, and runs that share a seed see the same initial
+weights and the same batches. Under ``torchrun`` every rank runs this loop; rank 0 alone
+writes and logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,23 +32,55 @@ from torch import nn
 from coolmomentum.errors import Diverged, Preempted
 
 from . import checkpoint
-from .config import ConfigError, OptimizerSpec, RunConfig, run_steps
+from .config import ConfigError, RunConfig
+from .control import Control
 from .data import Stream, TrainingData, derived_seed
 from .distributed import World
 from .models import build_model
-from .optimizers import RunOptimizer, build_optimizer
+from .optimizers import OptimizerSpec, RunOptimizer, build_optimizer
 from .weight_average import WeightAverage
 
-__all__ = ["evaluate", "train"]
+__all__ = ["Events", "evaluate", "train", "train_step"]
 
 # Refresh the progress bar's loss and accuracy every this many steps (each refresh waits for
 # the device).
 PROGRESS_EVERY = 20
-# Every this many steps (and where a stretch ends) the ranks agree on whether to stop: a
-# preemption signal or a checkpoint due by the clock (both decided on rank 0), or a loss that
-# is not finite on any rank. One small collective and one wait for the device per check.
+# Every this many steps (and where the run pauses to evaluate or checkpoint) the ranks agree
+# on whether to stop. One small collective and one wait for the device per check.
 CONTROL_EVERY = 10
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Due(NamedTuple):
+    """The events after one step."""
+
+    sample: bool  # record lr, rho and the temperature
+    check: bool  # the ranks agree on whether to stop (a collective)
+    checkpoint: bool  # write the checkpoint
+    evaluate: bool  # evaluate, append a record to the metrics (and checkpoint)
+
+
+@dataclass(frozen=True)
+class Events:
+    """When a run samples, checks, evaluates and checkpoints, fixed by its settings: the same
+    steps on every rank and in a resumed run as in an uninterrupted one."""
+
+    last: int  # the run's global steps
+    evaluate_every: int
+    checkpoint_every: int | None
+    sample_every: int
+
+    def at(self, step: int) -> Due:
+        """The events after ``step`` steps have been taken."""
+        evaluate = step % self.evaluate_every == 0 or step == self.last
+        checkpoint = evaluate or (
+            self.checkpoint_every is not None and step % self.checkpoint_every == 0
+        )
+        return Due(step % self.sample_every == 0 or evaluate,
+                   step % CONTROL_EVERY == 0 or checkpoint, checkpoint, evaluate)  # fmt: skip
+
+    def next_evaluation(self, step: int) -> int:
+        """The first evaluation after ``step`` steps."""
+        return min(self.last, (step // self.evaluate_every + 1) * self.evaluate_every)
 
 
 @dataclass
@@ -63,6 +96,17 @@ class Stretch:
 
     def state(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "sums": self.sums.cpu()}
+
+
+class StepResult(NamedTuple):
+    """What one training step did."""
+
+    lr: float
+    taken: bool  # False: skipped for a non-finite loss (``on_nonfinite="skip"``)
+    finite: torch.Tensor  # whether the loss was finite (on the device: no wait for it)
+    loss_sum: torch.Tensor  # the loss times the batch's size
+    correct: torch.Tensor
+    images: int
 
 
 @dataclass
@@ -82,7 +126,7 @@ class Run:
             "step": self.step,
             "epoch": _epochs(self.step, steps_per_epoch),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.optimizer.state_dict(),
+            **self.optimizer.state_dict(),
             "metrics": self.metrics,
             "stretch": None if self.stretch is None else self.stretch.state(),
         }
@@ -92,86 +136,34 @@ class Run:
 
     def restore(self, state: dict[str, Any], device: torch.device, world: World) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state)
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.metrics = state["step"], state["metrics"]
         stretch = state["stretch"]
         if stretch is not None:
             # The saved sums are every rank's: rank 0 carries them on, the others restart at 0.
-            sums = stretch["sums"].to(device) if world.is_main else torch.zeros_like(
-                stretch["sums"], device=device
+            sums = stretch["sums"].to(device)
+            self.stretch = Stretch(
+                **{**stretch, "sums": sums if world.is_main else torch.zeros_like(sums)}
             )
-            self.stretch = Stretch(**{**stretch, "sums": sums})
 
-
-class Control:
-    """When a stretch stops early: a preemption signal (SIGTERM, SIGUSR1), a checkpoint due by
-    the clock, or a non-finite loss. Signals and the clock are rank 0's to decide; every rank
-    learns the decision at the same step, so no rank is left waiting in a collective.
-
-    A second preemption signal ends the process at once, as the signal would have.
-    """
-
-    def __init__(self, world: World, every_minutes: float | None) -> None:
-        self.world = world
-        self.every_seconds = None if every_minutes is None else 60 * every_minutes
-        self.last_checkpoint = time.monotonic()
-        self.signalled: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> Control:
-        if threading.current_thread() is threading.main_thread():
-            for signum in PREEMPTION_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._on_signal)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.signalled is not None:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        self.signalled = signum
-
-    def check(self, bad_step: torch.Tensor) -> tuple[bool, bool, int]:
-        """``(preempt, checkpoint now, first step with a non-finite loss or -1)``, the same on
-        every rank (a collective under torchrun)."""
-        due = self.every_seconds is not None and (
-            time.monotonic() - self.last_checkpoint >= self.every_seconds
-        )
-        flags = torch.tensor(
-            [self.signalled is not None, due, 0], dtype=torch.int64, device=bad_step.device
-        )
-        if not self.world.is_main:
-            flags.zero_()
-        flags[2] = bad_step + 1  # 0: none
-        if self.world.active:
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        preempt, checkpoint_now, bad = flags.tolist()
-        return bool(preempt), bool(checkpoint_now), bad - 1
-
-    def checkpointed(self) -> None:
-        self.last_checkpoint = time.monotonic()
+    def record(self, result: StepResult) -> None:
+        """Add a step's result to the stretch in progress."""
+        assert self.stretch is not None
+        self.stretch.lr = result.lr
+        if result.taken:
+            self.stretch.sums[0] += result.loss_sum
+            self.stretch.sums[1] += result.correct
+            self.stretch.sums[2] += result.images
+        else:
+            self.stretch.skipped += 1
 
 
 def _epochs(step: int, steps_per_epoch: int) -> int | float:
     """Epochs done after ``step`` steps: an int at an epoch's end, else a fraction."""
     whole, part = divmod(step, steps_per_epoch)
     return whole if part == 0 else round(step / steps_per_epoch, 6)
-
-
-def stop_steps(
-    start: int, last: int, steps_per_epoch: int, eval_every: int | None, every: int | None
-) -> list[tuple[int, bool]]:
-    """The global steps after ``start`` where training pauses, ending with ``last``, each with
-    whether the run is evaluated there (else only checkpointed, by ``every``)."""
-    period = eval_every or steps_per_epoch
-    evaluations = {*range((start // period + 1) * period, last, period), last}
-    checkpoints = set(range((start // every + 1) * every, last, every)) if every else set()
-    return [(s, s in evaluations) for s in sorted(evaluations | checkpoints) if s > start]
 
 
 def _on_main(world: World, fn: Callable[[], Any]) -> Any:
@@ -187,6 +179,38 @@ def _on_main(world: World, fn: Callable[[], Any]) -> Any:
     if result[1] is not None:
         raise ConfigError(result[1])
     return result[0]
+
+
+def train_step(
+    run: Run, forward: nn.Module, batch: Any, step: int, config: RunConfig, data: TrainingData
+) -> StepResult:
+    """Global step ``step`` on ``batch``: the learning rate set, forward, backward, and the
+    optimizer step (and the weight average's), unless the loss is not finite and
+    ``on_nonfinite="skip"`` (then every rank skips it, agreed at once: one wait for the
+    device)."""
+    x, y, share = batch
+    torch.manual_seed(derived_seed(config.seed, Stream.MODEL, step // data.steps_per_epoch(), step))
+    lr = run.optimizer.set_lr(step)
+    with _autocast(data.device):
+        logits = forward(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+    run.optimizer.zero_grad()
+    (loss * share if share != 1 else loss).backward()
+    finite = torch.isfinite(loss.detach())
+    taken = config.on_nonfinite != "skip" or _finite_everywhere(finite, data.world)
+    if taken:
+        run.optimizer.step()
+        if run.ema is not None:
+            run.ema.update()
+    correct = (logits.detach().argmax(1) == y).sum()
+    return StepResult(lr, taken, finite, loss.detach() * len(y), correct, len(y))
+
+
+def _finite_everywhere(finite: torch.Tensor, world: World) -> bool:
+    agreed = finite.to(torch.int64)
+    if world.active:
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+    return bool(agreed.item())
 
 
 def train(
@@ -205,76 +229,199 @@ def train(
     SIGUSR1 arrives, and :class:`~coolmomentum.errors.Diverged` when the training loss stops
     being finite (with ``on_nonfinite="stop"``; the last checkpoint is kept).
     """
-    world, device = data.world, data.device
-    saved_config = {**config.for_run(spec), "world_size": world.size}
-    restored = _on_main(
-        world, lambda: checkpoint.open_run_dir(run_dir, saved_config, resume, log=log)
-    )
-    steps_per_epoch = data.steps_per_epoch()
-    if steps_per_epoch < 1:
-        raise ConfigError(
-            f"batch_size {config.batch_size} is larger than the {data.num_train} training images"
-        )
-    last_step = run_steps(config, steps_per_epoch)
-    run = _build(config, spec, data, steps_per_epoch)
-    if restored is not None:
-        run.restore(restored, device, world)
-        log(f"[{spec.label}] resuming after step {run.step} (epoch {restored['epoch']})")
-    forward: nn.Module = run.model
-    if world.active:
-        forward = nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if config.compile:
-        forward = torch.compile(forward)  # type: ignore[assignment]
-    show = world.is_main and (sys.stderr.isatty() if progress is None else progress)
-
-    def save() -> None:
-        if world.is_main:
-            checkpoint.save(run_dir, run.state(saved_config, steps_per_epoch))
-        control.checkpointed()
-
-    with Control(world, config.checkpoint_every_minutes) as control:
-        # A stretch saved exactly at its stop (preempted there) still owes that stop's work.
-        start = run.step - (run.stretch is not None)
-        stops = stop_steps(
-            start, last_step, steps_per_epoch, config.eval_every_steps, config.checkpoint_every
-        )
-        for i, (stop, evaluated) in enumerate(stops):
-            record_end = next(s for s, evaluates in stops[i:] if evaluates)
-            while run.step < stop:
-                bar = _progress(show, stop - run.step, f"{spec.label} {run.step}->{stop}")
-                preempted = _train_until(
-                    run, forward, data, config, stop, record_end, control, bar
-                )
-                if preempted or run.step < stop:  # stopped early: keep the stretch's state
-                    _share_stretch(run, world)
-                    save()
-                if preempted:
-                    raise Preempted(
-                        f"[{spec.label}] preempted at step {run.step}: checkpoint written in "
-                        f"{run_dir}; rerun with --resume to continue"
-                    )
-            if not evaluated:
-                _share_stretch(run, world)
-                save()
-                continue
-            record = _finish_stretch(run, data, steps_per_epoch)
-            record.update(_evaluations(run, data, config, final=stop == last_step))
-            run.metrics.append(record)
-            save()
-            if world.is_main:
-                log(_summary(spec.label, record, config.epochs))
+    session = Session.open(config, spec, run_dir, data, resume, progress, log)
+    run, events = session.run, session.events
+    watch_losses = config.on_nonfinite == "stop"  # else non-finite steps are skipped
+    bad_step = torch.full((), -1, dtype=torch.int64, device=data.device)  # first non-finite
+    with session.control as control:
+        try:
+            if run.stretch is not None and events.at(run.step).evaluate:
+                session.evaluate()  # preempted where it was due: owed
+            session.resume_training()
+            for step, batch in _batches(data, run.step, events.last):
+                result = train_step(run, session.forward, batch, step, config, data)
+                run.record(result)
+                if watch_losses:
+                    bad_step = torch.where(result.finite | (bad_step >= 0), bad_step, step)
+                run.step = step + 1
+                due = events.at(run.step)
+                if due.sample:
+                    session.sample()
+                session.bar.advance(run, due.evaluate)
+                decision = control.check(bad_step) if due.check else None
+                if decision is not None and decision.nonfinite_step >= 0:
+                    raise Diverged(f"[{spec.label}] the training loss is not finite at step "
+                                   f"{decision.nonfinite_step} (lr {result.lr:g}): the run "
+                                   "diverged; its last checkpoint is kept")  # fmt: skip
+                if decision is not None and decision.preempt:
+                    session.checkpoint()
+                    raise Preempted(f"[{spec.label}] preempted at step {run.step}: checkpoint "
+                                    f"written in {run_dir}")  # fmt: skip
+                if due.evaluate:
+                    session.evaluate()
+                    session.resume_training()
+                elif due.checkpoint or (decision is not None and decision.checkpoint_now):
+                    session.checkpoint()
+        finally:
+            session.bar.close()
     return run.metrics
 
 
-def _share_stretch(run: Run, world: World) -> None:
-    """Before a mid-stretch checkpoint: rank 0's sums become every rank's (it alone writes),
-    the others' restart at 0."""
-    assert run.stretch is not None
-    world.sum(run.stretch.sums)
-    if not world.is_main:
-        run.stretch.sums.zero_()
+@dataclass
+class Session:
+    """A run being trained: the run, where it is written, and what the loop's events do."""
+
+    config: RunConfig
+    spec: OptimizerSpec
+    run_dir: Path
+    data: TrainingData
+    run: Run
+    forward: nn.Module  # the model as trained: wrapped in DDP, compiled
+    events: Events
+    saved_config: dict[str, Any]
+    show_progress: bool
+    log: Callable[[str], None]
+    control: Control
+    bar: Progress = field(default_factory=lambda: Progress(None))
+    clock: float = 0.0  # when the current piece of training started
+
+    @classmethod
+    def open(
+        cls,
+        config: RunConfig,
+        spec: OptimizerSpec,
+        run_dir: Path,
+        data: TrainingData,
+        resume: bool,
+        progress: bool | None,
+        log: Callable[[str], None],
+    ) -> Session:
+        """The run's folder opened (its checkpoint restored with ``resume``) and the run built."""
+        world, device = data.world, data.device
+        saved_config = {**config.for_run(spec), "world_size": world.size}
+        restored = _on_main(
+            world, lambda: checkpoint.open_run_dir(run_dir, saved_config, resume, log=log)
+        )
+        steps_per_epoch = data.steps_per_epoch()
+        if steps_per_epoch < 1:
+            raise ConfigError(
+                f"batch_size {config.batch_size} is larger than the {data.num_train} training "
+                f"images"
+            )
+        run = _build(config, spec, data, steps_per_epoch)
+        if restored is not None:
+            run.restore(restored, device, world)
+            log(f"[{spec.label}] resuming after step {run.step} (epoch {restored['epoch']})")
+        events = Events(config.total_steps(steps_per_epoch),
+                        config.eval_every_steps or steps_per_epoch, config.checkpoint_every,
+                        config.sample_every_steps)  # fmt: skip
+        show = world.is_main and (sys.stderr.isatty() if progress is None else progress)
+        return cls(config, spec, run_dir, data, run, _forward(run.model, config, data), events,
+                   saved_config, show, log, Control(world, config.checkpoint_every_minutes),
+                   clock=time.perf_counter())  # fmt: skip
+
+    def resume_training(self) -> None:
+        """Before training steps: training mode, a stretch in progress, its progress bar and
+        clock (nothing once the run is done)."""
+        run = self.run
+        if run.step >= self.events.last:
+            return
+        run.model.train()
+        run.optimizer.train_mode()
+        if run.stretch is None:
+            sums = torch.zeros(3, device=self.data.device, dtype=torch.float64)
+            run.stretch = Stretch(sums, [], run.step)
+        if self.show_progress:
+            end = self.events.next_evaluation(run.step)
+            self.bar = Progress(_tqdm(end - run.step, f"{self.spec.label} {run.step}->{end}"))
+        self.clock = time.perf_counter()
+
+    def sample(self) -> None:
+        """Record lr, rho and the temperature of the steps since the last sample."""
+        run, stretch = self.run, self.run.stretch
+        assert stretch is not None
+        report = run.optimizer.report(all_reduce=self.data.world.active)
+        stretch.samples.append({"step": run.step, "lr": stretch.lr, "rho": report.rho,
+                                "temperature": report.temperature,
+                                "steps": run.step - stretch.sampled_at})  # fmt: skip
+        stretch.sampled_at = run.step
+
+    def _pause(self) -> None:
+        """Training stops for a while: its seconds are counted."""
+        assert self.run.stretch is not None
+        now = time.perf_counter()
+        self.run.stretch.seconds += now - self.clock
+        self.clock = now
+
+    def checkpoint(self) -> None:
+        """Write the checkpoint in the middle of a stretch: rank 0's sums become every rank's
+        (it alone writes), the others' restart at 0."""
+        self._pause()
+        stretch, world = self.run.stretch, self.data.world
+        assert stretch is not None
+        world.sum(stretch.sums)
+        if not world.is_main:
+            stretch.sums.zero_()
+        self._save()
+
+    def evaluate(self) -> None:
+        """End the stretch: evaluate, append its record to the metrics, checkpoint, log."""
+        self._pause()
+        self.bar.close()
+        run, data = self.run, self.data
+        record = _finish_stretch(run, data, data.steps_per_epoch())
+        record.update(_evaluations(run, data, self.config, final=run.step == self.events.last))
+        run.metrics.append(record)
+        self._save()
+        if data.world.is_main:
+            self.log(_summary(self.spec.label, record, self.config.epochs))
+
+    def _save(self) -> None:
+        if self.data.world.is_main:
+            state = self.run.state(self.saved_config, self.data.steps_per_epoch())
+            checkpoint.save(self.run_dir, state)
+        self.control.checkpointed()
+        self.clock = time.perf_counter()
+
+
+def _forward(model: nn.Module, config: RunConfig, data: TrainingData) -> nn.Module:
+    """The model as the training steps call it: in DDP under torchrun, compiled on request."""
+    device, forward = data.device, model
+    if data.world.active:
+        forward = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if config.compile:
+        forward = torch.compile(forward)  # type: ignore[assignment]
+    return forward
+
+
+class Progress:
+    """A progress bar over a stretch's steps (a tqdm bar), or nothing."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def advance(self, run: Run, last: bool) -> None:
+        """One step more; the live loss, accuracy, rho and T now and then, and at the end."""
+        if self.bar is None:
+            return
+        if run.step % PROGRESS_EVERY == 0 or last:
+            assert run.stretch is not None
+            self.bar.set_postfix(_live(run.stretch.sums, run.optimizer), refresh=False)
+        self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+
+def _tqdm(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def _evaluations(
@@ -320,10 +467,9 @@ def _autocast(device: torch.device) -> AbstractContextManager[Any]:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _batches(
-    data: TrainingData, start: int, end: int, steps_per_epoch: int
-) -> Iterator[tuple[int, Any]]:
+def _batches(data: TrainingData, start: int, end: int) -> Iterator[tuple[int, Any]]:
     """``(global step, batch)`` for the steps ``start`` .. ``end - 1``, across epochs."""
+    steps_per_epoch = data.steps_per_epoch()
     step = start
     while step < end:
         epoch, first = divmod(step, steps_per_epoch)
@@ -332,89 +478,6 @@ def _batches(
             step += 1
             if step == end or step % steps_per_epoch == 0:
                 break
-
-
-def _train_until(
-    run: Run,
-    forward: nn.Module,
-    data: TrainingData,
-    config: RunConfig,
-    end: int,
-    record_end: int,
-    control: Control,
-    bar: Any,
-) -> bool:
-    """Train from ``run.step`` towards ``end``, sampling ``lr``, ``rho`` and the temperature
-    every ``config.sample_every_steps`` steps and at ``record_end`` (where the record of the
-    stretch ends: checkpoints in between change nothing). Stops early for a checkpoint due
-    by the clock or a preemption (then returns True). A non-finite loss raises
-    ``ConfigError`` (or, with ``on_nonfinite="skip"``, the step is skipped on every rank)."""
-    device, world = data.device, data.world
-    steps_per_epoch = data.steps_per_epoch()
-    if run.stretch is None:
-        run.stretch = Stretch(torch.zeros(3, device=device, dtype=torch.float64), [], run.step)
-    stretch = run.stretch
-    run.model.train()
-    run.optimizer.train_mode()
-    bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-    skip = config.on_nonfinite == "skip"
-    started = time.perf_counter()
-    preempted = False
-    try:
-        for step, (x, y, share) in _batches(data, run.step, end, steps_per_epoch):
-            epoch = step // steps_per_epoch
-            torch.manual_seed(derived_seed(config.seed, Stream.MODEL, epoch, step))
-            stretch.lr = run.optimizer.set_lr(step)
-            with _autocast(device):
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            run.optimizer.optimizer.zero_grad(set_to_none=True)
-            (loss * share if share != 1 else loss).backward()
-            finite = torch.isfinite(loss.detach())
-            take = True
-            if skip:  # every rank must agree, now: one wait for the device per step
-                agreed = finite.to(torch.int64)
-                if world.active:
-                    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
-                take = bool(agreed.item())
-            else:
-                bad_step = torch.where(finite | (bad_step >= 0), bad_step, step)
-            if take:
-                run.optimizer.optimizer.step()
-                if run.ema is not None:
-                    run.ema.update()
-                stretch.sums[0] += loss.detach() * len(y)
-                stretch.sums[1] += (logits.detach().argmax(1) == y).sum()
-                stretch.sums[2] += len(y)
-            else:
-                stretch.skipped += 1
-            run.step = step + 1
-            if run.step % config.sample_every_steps == 0 or run.step == record_end:
-                window = run.step - stretch.sampled_at
-                momentum = run.optimizer.momentum(all_reduce=world.active)
-                stretch.samples.append({"step": run.step, "lr": stretch.lr, **momentum,
-                                        "steps": window})  # fmt: skip
-                stretch.sampled_at = run.step
-            if bar is not None:
-                if run.step % PROGRESS_EVERY == 0 or run.step == end:
-                    bar.set_postfix(_live(stretch.sums, run.optimizer), refresh=False)
-                bar.update()
-            if run.step % CONTROL_EVERY == 0 or run.step == end:
-                preempted, due, bad = control.check(bad_step)
-                if bad >= 0:
-                    raise Diverged(
-                        f"[{run.optimizer.spec.label}] the "
-                        f"training loss is not finite at step {bad} (lr {stretch.lr:g}): the "
-                        f"run diverged; lower --lr (or raise --lr-warmup-steps) and rerun with "
-                        f"--resume from the last checkpoint, or pass --on-nonfinite skip"
-                    )
-                if preempted or due:
-                    break
-    finally:
-        stretch.seconds += time.perf_counter() - started
-        if bar is not None:
-            bar.close()
-    return preempted
 
 
 def _finish_stretch(run: Run, data: TrainingData, steps_per_epoch: int) -> dict[str, Any]:
@@ -448,19 +511,10 @@ def _live(sums: torch.Tensor, optimizer: RunOptimizer) -> dict[str, str]:
     """The progress bar's postfix: running loss and accuracy, the current rho and T."""
     loss_sum, correct, seen = sums.tolist()
     live = {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.4f}"}
-    momentum = optimizer.momentum(reset=False)
-    if momentum["temperature"] is not None:
-        live.update(rho=f"{momentum['rho']:.4f}", T=f"{momentum['temperature']:.3g}")
+    report = optimizer.report(reset=False)
+    if report.temperature is not None:
+        live.update(rho=f"{report.rho:.4f}", T=f"{report.temperature:.3g}")
     return live
-
-
-def _progress(show: bool, total: int, desc: str) -> Any:
-    """A tqdm bar over ``total`` steps when ``show``, else None."""
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 @torch.no_grad()
