@@ -7,11 +7,11 @@ within epochs. The evaluation set is the test set, or the validation split (keys
 
 from __future__ import annotations
 
-import io
 import statistics
 from pathlib import Path
 from typing import Any
 
+from coolmomentum import _plot
 from coolmomentum._io import atomic_write
 
 __all__ = ["PLOTS", "table", "write_report"]
@@ -93,34 +93,27 @@ def _points(metrics: list[dict[str, Any]], key: str, sampled: bool) -> list[tupl
     ]
 
 
-def _plot(runs: Runs, key: str, ylabel: str, log: bool, sampled: bool, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    values: list[float] = []
-    for label, metrics in runs.items():
-        points = _points(metrics, key, sampled) if metrics else []
+def _draw(runs: Runs, key: str, ylabel: str, log: bool, sampled: bool, path: Path) -> bool:
+    """Draw ``key`` of every run on one axes into ``path``; False (and no file) when no run
+    has a value of it."""
+    curves = {label: _points(metrics, key, sampled) if metrics else []
+              for label, metrics in runs.items()}  # fmt: skip
+    values = [y for points in curves.values() for _, y in points]
+    if not values:
+        return False
+    fig, ax = _plot.figure()
+    for label, points in curves.items():
         if points:
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
-            values += ys
-    drawn = bool(values)
-    if drawn:
-        if log and min(values) > 0:
-            ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        atomic_write(path, buffer.getvalue())
-    plt.close(fig)
-    return drawn
+    if log and min(values) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _plot.save_png(fig, path)
+    return True
 
 
 def write_report(out: Path, runs: Runs, title: str, description: str = "") -> Path:
@@ -130,7 +123,7 @@ def write_report(out: Path, runs: Runs, title: str, description: str = "") -> Pa
     lines = [f"# {title}", "", *([description, ""] if description else []), *table(runs), ""]
     for file, key, ylabel, log, sampled in PLOTS:
         key, ylabel = key.replace("<eval>", name), ylabel.format(eval=_SET_NAMES[name])
-        if _plot(runs, key, ylabel, log, sampled, out / file):
+        if _draw(runs, key, ylabel, log, sampled, out / file):
             lines.append(f"![{ylabel}]({file})")
     lines.append("")
     path = out / REPORT
