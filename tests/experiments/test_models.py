@@ -145,6 +145,20 @@ def test_cifar_resnets_use_keras_batch_norm_settings():
     assert bns and all((bn.momentum, bn.eps) == (0.01, 1e-3) for bn in bns)
 
 
+def test_mlp_is_784_256_256_10_on_flattened_images():
+    torch.manual_seed(0)
+    model = build_model("mlp", in_channels=1, num_classes=10, image_size=28).eval()
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in layers] == [(784, 256), (256, 256), (256, 10)]
+    assert num_parameters(model) == 269_322
+    x = torch.randn(4, 1, 28, 28)
+    by_hand = x.flatten(1)
+    for layer in layers[:-1]:
+        by_hand = torch.relu(layer(by_hand))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), layers[-1](by_hand))
+
+
 def test_lstm_reads_the_image_row_by_row():
     """Sequential Fashion-MNIST: 28 steps of 28 pixels; the output depends on the row order."""
     torch.manual_seed(0)
