@@ -14,7 +14,13 @@ TOTAL_STEPS = 12
 HOT_STEPS = 4
 NUM_STEPS = 24  # the hot phase, S cooling steps, then 8 more at rho = 0
 LR = 0.125  # exact in binary, so float32 frameworks start from the same lr
-SCHEDULES = ("exponential", "exponential-temperature", "linear-temperature", "constant")
+SCHEDULES = (
+    "exponential",
+    "exponential-temperature",
+    "linear-temperature",
+    "cosine-temperature",
+    "constant",
+)
 
 _CURVATURE = np.linspace(0.5, 2.0, 6)
 _NOISE = np.random.default_rng(20210531).normal(size=(64, 6))
@@ -44,6 +50,10 @@ def reference_rho(
         return max(0.0, (1 - ratio) / (1 + ratio))
     if schedule == "linear-temperature":
         return rho_0 * (1 - j / s) / (1 - rho_0 * j / s)
+    if schedule == "cosine-temperature":  # T(rho) / T(0) along half a cosine, T_0 to 1
+        t_0 = (1 + rho_0) / (1 - rho_0)
+        ratio = 1 + (t_0 - 1) * (1 + np.cos(np.pi * j / s)) / 2  # (1 + rho) / (1 - rho)
+        return float((ratio - 1) / (ratio + 1))
     raise ValueError(schedule)
 
 

@@ -35,7 +35,8 @@ class MomentumCooling(LRScheduler):
         total_steps: ``S``, the number of cooling steps; after ``hot_steps + S`` steps the
             momentum is 0 for good. Needed by every schedule but ``"constant"`` and callables.
         schedule: ``"exponential"`` (default), ``"exponential-temperature"``,
-            ``"linear-temperature"`` (Demon), ``"constant"``, a callable ``step -> rho`` or a
+            ``"linear-temperature"`` (Demon), ``"cosine-temperature"``,
+            ``"constant"``, a callable ``step -> rho`` or a
             :class:`~coolmomentum.schedules.Schedule` (then give none of ``rho_0``,
             ``total_steps``, ``alpha``, ``hot_steps``).
         rho_0: the starting momentum; default: each group's momentum (or first beta) when

@@ -49,7 +49,8 @@ class CoolMomentum(keras.optimizers.Optimizer):
         alpha: the paper's cooling rate, instead of ``total_steps`` for the exponential
             schedule: ``S = ln(1 - rho_0) / ln(alpha)``; ``alpha = 1`` means no cooling.
         schedule: ``"exponential"`` (paper, default), ``"exponential-temperature"``,
-            ``"linear-temperature"``, ``"constant"``, or a callable ``step -> rho`` that
+            ``"linear-temperature"``, ``"cosine-temperature"``,
+            ``"constant"``, or a callable ``step -> rho`` that
             receives the step as a floating-point backend scalar (use ``keras.ops`` in it).
             A callable cannot be serialized: ``get_config()``, and so ``model.save()``,
             raise ``ValueError`` for it; save the weights with ``model.save_weights()``.

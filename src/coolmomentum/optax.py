@@ -138,7 +138,8 @@ def scale_by_coolmomentum(
         alpha: the paper's cooling rate, instead of ``total_steps`` for the exponential
             schedule: ``S = ln(1 - rho_0) / ln(alpha)``.
         schedule: ``"exponential"`` (paper, default), ``"exponential-temperature"``,
-            ``"linear-temperature"``, ``"constant"``, or a callable ``step -> rho`` that
+            ``"linear-temperature"``, ``"cosine-temperature"``,
+            ``"constant"``, or a callable ``step -> rho`` that
             receives the step as a floating-point jax scalar (use ``jax.numpy`` in it).
         hot_steps: ``H``, steps held at ``rho_0`` before cooling starts.
         track_temperature: accumulate the temperature read by :func:`read_stats`

@@ -1,9 +1,9 @@
 """Cooling schedules for CoolMomentum: the momentum coefficient ``rho`` as a function of the step.
 
 Pure Python; no framework is imported here. Every framework adapter evaluates the same
-:class:`Schedule`, passing its own array namespace as ``ops`` (anything with ``exp`` and
-``clip``: :mod:`math` is the default, ``torch``, ``jax.numpy`` and ``keras.ops`` all fit), so
-the formulas exist once.
+:class:`Schedule`, passing its own array namespace as ``ops`` (anything with ``exp``, ``cos``
+and ``clip``: :mod:`math` is the default, ``torch``, ``jax.numpy`` and ``keras.ops`` all fit),
+so the formulas exist once.
 
 With ``j = clip(step - hot_steps, 0, S)`` and ``S = total_steps``:
 
@@ -15,6 +15,12 @@ With ``j = clip(step - hot_steps, 0, S)`` and ``S = total_steps``:
     ``beta = c**(1/S)``: the temperature falls geometrically.
 ``linear-temperature``
     ``rho = rho_0 (1 - j/S) / (1 - rho_0 j/S)``: the temperature falls linearly.
+``cosine-temperature``
+    ``(1 + rho) / (1 - rho) = 1 + (K_0 - 1) (1 + cos(pi j/S)) / 2`` with
+    ``K_0 = (1 + rho_0) / (1 - rho_0)``: the temperature, and with it the effective step
+    ``lr (1 + rho) / (2 (1 - rho))``, falls along half a cosine, as a cosine learning-rate
+    decay does (to the step ``lr / 2`` of ``rho = 0``). Equivalently
+    ``rho = rho_0 w / (1 - rho_0 + rho_0 w)`` with ``w = (1 + cos(pi j/S)) / 2``.
 ``constant``
     ``rho = rho_0``.
 
@@ -41,16 +47,23 @@ __all__ = [
     "total_steps_from_alpha",
 ]
 
-SCHEDULES = ("exponential", "exponential-temperature", "linear-temperature", "constant")
-_NEEDS_TOTAL_STEPS = ("exponential", "exponential-temperature", "linear-temperature")
+SCHEDULES = (
+    "exponential",
+    "exponential-temperature",
+    "linear-temperature",
+    "cosine-temperature",
+    "constant",
+)
+_NEEDS_TOTAL_STEPS = SCHEDULES[:-1]
 
 RhoFn = Callable[[Any], Any]
 
 
 class _MathOps:
-    """The two array operations a schedule needs, for Python floats."""
+    """The array operations a schedule needs, for Python floats."""
 
     exp = staticmethod(math.exp)
+    cos = staticmethod(math.cos)
 
     @staticmethod
     def clip(x: float, lo: float, hi: float) -> float:
@@ -198,6 +211,10 @@ class Schedule:
             c = (1.0 - self.rho_0) / (1.0 + self.rho_0)
             t = ops.exp(math.log(c) * u)
             return (1.0 - t) / (1.0 + t)
+        if self.kind == "cosine-temperature":
+            # The linear rule with u replaced by (1 - cos(pi u)) / 2, which is exactly 0 at
+            # u = 0 and 1 at u = 1.
+            u = (1.0 - ops.cos(math.pi * u)) / 2.0
         # linear-temperature
         return self.rho_0 * u / (1.0 - self.rho_0 + self.rho_0 * u)
 

@@ -75,7 +75,8 @@ class CoolMomentum(Optimizer):
         alpha: the paper's cooling rate, instead of ``total_steps`` for the exponential
             schedule: ``S = ln(1 - rho_0) / ln(alpha)``; ``alpha = 1`` means no cooling.
         schedule: ``"exponential"`` (paper, default), ``"exponential-temperature"``,
-            ``"linear-temperature"``, ``"constant"``, or a callable ``step -> rho``. A callable
+            ``"linear-temperature"``, ``"cosine-temperature"``,
+            ``"constant"``, or a callable ``step -> rho``. A callable
             gets an ``int`` in eager mode and a 0-d tensor under ``torch.compile`` or with
             ``capturable=True`` (use torch ops then). It is not saved by ``state_dict()``:
             pass the same callable again when you load.

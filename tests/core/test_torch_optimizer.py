@@ -18,6 +18,8 @@ SCHEDULE_CASES = [
     ("exponential-temperature", 3),
     ("linear-temperature", 0),
     ("linear-temperature", 5),
+    ("cosine-temperature", 0),
+    ("cosine-temperature", 2),
     ("constant", 0),
 ]
 

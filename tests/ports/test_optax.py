@@ -272,7 +272,7 @@ def test_stats_report_step_rho_and_temperature(x64):
     assert read_stats(state)["step"] == 3
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES[:3])
+@pytest.mark.parametrize("schedule", SCHEDULES[:-1])
 def test_rho_is_exactly_zero_once_cooled_under_jit(schedule):
     """After hot_steps + S steps rho is 0, not a rounding error away, in float32 under jit."""
     tx = scale_by_coolmomentum(LR, RHO_0, TOTAL_STEPS, schedule=schedule, hot_steps=HOT_STEPS)
