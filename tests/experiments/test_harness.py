@@ -154,6 +154,36 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(data_dir, tmp_pa
     assert timeless(load_metrics(killed / "coolmomentum")) == timeless(a["metrics"])
 
 
+def test_a_cooled_adamw_cools_its_first_beta_and_resumes_exactly(data_dir, tmp_path):
+    """adamw-cooled: AdamW with beta1 along linear-temperature from 0.9 (Demon), the momentum
+    reported as rho; a run stopped after epoch 1 and resumed ends as an uninterrupted one."""
+    from coolmomentum import schedules
+
+    config = RunConfig(dataset="fashion-mnist", data_dir=str(data_dir), batch_size=16, seed=3,
+                       epochs=3, runs=[{"optimizer": "adamw-cooled", "lr": 1e-3}])  # fmt: skip
+    spec = config.runs[0]
+    data = InMemoryData(config, torch.device("cpu"))
+    straight = train(config, spec, tmp_path / "straight", data, log=lambda _: None)
+    # rho of each epoch's last step (3, 7, 11) of the 12 steps' cooling
+    expected = [schedules.rho(k, rho_0=0.9, total_steps=12, schedule="linear-temperature")
+                for k in (3, 7, 11)]  # fmt: skip
+    assert [m["rho"] for m in straight] == pytest.approx(expected, rel=1e-12)
+
+    def stop_after_first_epoch(line):
+        if "epoch 1/3" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, spec, tmp_path / "resumed", data, log=stop_after_first_epoch)
+    resumed = train(config, spec, tmp_path / "resumed", data, resume=True, log=lambda _: None)
+
+    def timeless(metrics):
+        return [{k: v for k, v in m.items() if k not in ("seconds", "images_per_s")}
+                for m in metrics]  # fmt: skip
+
+    assert timeless(resumed) == timeless(straight)
+
+
 def test_existing_checkpoint_needs_resume_and_the_same_config(data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["train", *TINY, "--data-dir", data_dir, "--epochs", 1, "--out", out]
