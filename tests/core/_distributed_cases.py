@@ -3,10 +3,11 @@
 Run on every rank as ``python tests/_distributed_cases.py PHASE OUTDIR``, either under
 ``torchrun --nproc_per_node 2`` (``MASTER_ADDR`` set: ``env://`` rendezvous) or started
 directly with ``RANK`` and ``WORLD_SIZE`` set (rendezvous through a file in ``OUTDIR``,
-which needs no free port). ``PHASE`` is ``train`` (DDP, FSDP2, ZeRO; writes checkpoints)
-or ``resume`` (fresh processes that load those checkpoints and finish the runs). Rank 0
-writes each case's results with ``torch.save`` to ``OUTDIR/<case>.pt``; the test compares
-them with a single-process run of :func:`model` on :func:`data`.
+which needs no free port). ``PHASE`` is ``train`` (DDP, FSDP2 with and without gradient
+noise, ZeRO; writes checkpoints) or ``resume`` (fresh processes that load those
+checkpoints and finish the runs). Rank 0 writes each case's results with ``torch.save`` to
+``OUTDIR/<case>.pt``; the test compares them with a single-process run of :func:`model` on
+:func:`data`.
 
 The model, the data and the run's constants live here so that both sides use the same.
 """
@@ -165,8 +166,8 @@ def _fsdp2_model() -> nn.Module:
     return net
 
 
-def _dcp_path(outdir: Path) -> str:
-    return str(outdir / "fsdp2_checkpoint")
+def _dcp_path(outdir: Path, case: str = "fsdp2") -> str:
+    return str(outdir / f"{case}_checkpoint")
 
 
 def _dcp_state(net: nn.Module, opt: CoolMomentum) -> dict[str, Any]:
@@ -208,22 +209,87 @@ def fsdp2(outdir: Path, path: str) -> None:
     _save(outdir / f"fsdp2{path}.pt", result)
 
 
-def fsdp2_resume(outdir: Path) -> None:
+def _dcp_load(net: nn.Module, opt: CoolMomentum, path: str, **extra: Any) -> dict[str, Any]:
+    """Load a DCP checkpoint into ``net`` and ``opt``; ``extra`` are further entries to read
+    (tensors of the saved shapes, filled in place). Returns the loaded state."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    net = _fsdp2_model()
-    opt = CoolMomentum(net.parameters(), foreach=True, **OPTIM)
     # On an optimizer without state, get_state_dict first takes a step with lr=0 and zero
     # gradients to create it: the schedule position is 1 until the checkpoint is loaded.
-    state = _dcp_state(net, opt)
-    dcp.load(state, checkpoint_id=_dcp_path(outdir))
+    state = {**_dcp_state(net, opt), **extra}
+    dcp.load(state, checkpoint_id=path)
     set_state_dict(net, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return state
+
+
+def fsdp2_resume(outdir: Path) -> None:
+    net = _fsdp2_model()
+    opt = CoolMomentum(net.parameters(), foreach=True, **OPTIM)
+    _dcp_load(net, opt, _dcp_path(outdir))
     step_after_load = opt.param_groups[0]["step"].item()
     _train(net, opt, opt, CHECKPOINT_AT, STEPS)
     result = _snapshot(opt, dict(net.named_parameters()), [])
     result["step_after_load"] = step_after_load
     _save(outdir / "fsdp2_resumed.pt", result)
+
+
+NOISE_STD = 0.1
+
+
+def _noisy_fsdp2() -> tuple[nn.Module, CoolMomentum, torch.Generator]:
+    """FSDP2 with gradient noise, each rank drawing its shards' noise from its own generator
+    (seeded per rank: with one seed, both ranks' shards would get the same numbers)."""
+    net = _fsdp2_model()
+    generator = torch.Generator().manual_seed(100 + torch.distributed.get_rank())
+    opt = CoolMomentum(
+        net.parameters(), foreach=True, noise_std=NOISE_STD, generator=generator, **OPTIM
+    )
+    return net, opt, generator
+
+
+def _noise_key() -> str:
+    # DCP saves one copy of an entry that every rank has (a plain tensor under the same
+    # name); a name per rank keeps every rank's generator.
+    return f"noise_generator_rank{torch.distributed.get_rank()}"
+
+
+def _generator_states(generator: torch.Generator) -> list[torch.Tensor]:
+    """Every rank's generator state, gathered (all ranks must call this)."""
+    gathered: list[Any] = [None] * WORLD
+    torch.distributed.all_gather_object(gathered, generator.get_state())
+    return gathered
+
+
+def fsdp2_noise(outdir: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    net, opt, generator = _noisy_fsdp2()
+    dcp_optim_keys: list[str] = []
+
+    def save() -> None:
+        state = _dcp_state(net, opt)
+        dcp_optim_keys.extend(state["optim"])
+        state[_noise_key()] = generator.get_state()
+        dcp.save(state, checkpoint_id=_dcp_path(outdir, "fsdp2_noise"))
+
+    reset_stats = _train(net, opt, opt, 0, STEPS, {CHECKPOINT_AT: save})
+    result = _snapshot(opt, dict(net.named_parameters()), reset_stats)
+    result["dcp_optim_keys"] = dcp_optim_keys
+    result["generator_states"] = _generator_states(generator)
+    _save(outdir / "fsdp2_noise.pt", result)
+
+
+def fsdp2_noise_resume(outdir: Path) -> None:
+    net, opt, generator = _noisy_fsdp2()
+    template = {_noise_key(): generator.get_state()}
+    state = _dcp_load(net, opt, _dcp_path(outdir, "fsdp2_noise"), **template)
+    # After get_state_dict: the lr=0 step it takes on a fresh optimizer draws noise too.
+    generator.set_state(state[_noise_key()])
+    _train(net, opt, opt, CHECKPOINT_AT, STEPS)
+    result = _snapshot(opt, dict(net.named_parameters()), [])
+    result["generator_states"] = _generator_states(generator)
+    _save(outdir / "fsdp2_noise_resumed.pt", result)
 
 
 def _zero(net: nn.Module) -> Any:
@@ -282,8 +348,8 @@ def zero_resume(outdir: Path) -> None:
 
 
 PHASES = {
-    "train": [ddp, *(partial(fsdp2, path=path) for path in PATHS), zero],
-    "resume": [fsdp2_resume, zero_resume],
+    "train": [ddp, *(partial(fsdp2, path=path) for path in PATHS), fsdp2_noise, zero],
+    "resume": [fsdp2_resume, fsdp2_noise_resume, zero_resume],
 }
 
 

@@ -172,6 +172,22 @@ def test_fsdp2_dcp_checkpoint_resumes_bit_for_bit(outdir):
     _assert_identical(resumed, _result(outdir, "fsdp2_foreach_update"))
 
 
+def test_fsdp2_dcp_checkpoint_resumes_each_ranks_noise_stream(outdir):
+    uninterrupted = _result(outdir, "fsdp2_noise")
+    # The optimizer's state through get_state_dict: DCP carries no other key, so the
+    # generators travel in an entry of their own, one per rank (docs/distributed.md).
+    assert uninterrupted["dcp_optim_keys"] == ["state", "param_groups"]
+    # The noise is on, and each rank draws a stream of its own: a checkpoint that restored
+    # one rank's generator on both, or none, would not resume exactly.
+    noiseless = _result(outdir, "fsdp2_foreach_update")
+    assert not torch.equal(uninterrupted["params"]["0.weight"], noiseless["params"]["0.weight"])
+    first, second = uninterrupted["generator_states"]
+    assert not torch.equal(first, second)
+    resumed = _result(outdir, "fsdp2_noise_resumed")
+    _assert_identical(resumed, uninterrupted)
+    assert all(map(torch.equal, resumed["generator_states"], uninterrupted["generator_states"]))
+
+
 def test_zero_matches_the_plain_optimizer(outdir, reference):
     result = _result(outdir, "zero")
     _assert_matches_reference(result, reference)
