@@ -1,20 +1,20 @@
 """Why CoolMomentum's tuned lr lost a ResNet-20 seed in the study: the hot start, measured.
 
-In ``study.py`` (``--plan small``), CoolMomentum's lr tuned on ResNet-20 (0.08, rho_0 0.99)
-trained two final seeds of three to about 0.74 and left the third at chance (0.100, training
-loss ln 10: a constant prediction). The effective step of the momentum recurrence is
-``lr (1 + rho) / (2 (1 - rho))``: 99.5 lr at rho_0 0.99, about 8 at lr 0.08. This script
-trains the study's ResNet-20 workload (the first 5,000 images, 4 epochs, batch 32,
-shift/flip, batch norm recomputed before each evaluation) from several seeds with that
-setting and with two changes that shrink the hot start (rho_0 0.95: a hot step of 19.5
-lr; half the lr), evaluates on held-out training images (never the test set) every third of an
-epoch, and reports how often a run collapses, when (rho and the effective step there) and
-what the others reach.
+In the study (``python -m benchmarks.study --plan small``), CoolMomentum's lr tuned on
+ResNet-20 (0.08, rho_0 0.99) trained two final seeds of three to about 0.74 and left the
+third at chance (0.100, training loss ln 10: a constant prediction). The effective step of
+the momentum recurrence is ``lr (1 + rho) / (2 (1 - rho))``: 99.5 lr at rho_0 0.99, about 8
+at lr 0.08. This script trains the study's ResNet-20 workload (the first 5,000 images, 4
+epochs, batch 32, shift/flip, batch norm recomputed before each evaluation) from several
+seeds with that setting and with two changes that shrink the hot start (rho_0 0.95: a hot
+step of 19.5 lr; half the lr), evaluates on held-out training images (never the test set)
+every third of an epoch, and reports how often a run collapses, when (rho and the effective
+step there) and what the others reach.
 
 A run *collapsed* when its validation accuracy stays below ``COLLAPSED_BELOW`` from some
 evaluation to its end; that evaluation is where it collapsed.
 
-    python benchmarks/hot_start.py --data-dir /usr/share/datasets/fashion-mnist
+    python -m benchmarks.hot_start --data-dir /usr/share/datasets/fashion-mnist
 
 Resumable (the runs are in ``runs/hot_start/``); writes ``benchmarks/results/hot_start.md``
 and ``.json``.
@@ -32,8 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import study  # the study's workload, plan and helpers
+from benchmarks.study import PLANS, Plan, Trial, mean_std, steps_per_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -61,12 +60,12 @@ def variants(tuned: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_config(plan: study.Plan, spec: dict[str, Any], seed: int, work: Path) -> Any:
+def run_config(plan: Plan, spec: dict[str, Any], seed: int, work: Path) -> Any:
     from coolmomentum.experiments.config import RunConfig
 
     workload = next(w for w in plan.workloads if w.name == WORKLOAD)
     settings = {**workload.settings, **plan.data}
-    per_epoch = study.steps_per_epoch(workload, plan, "val")
+    per_epoch = steps_per_epoch(workload, plan, "val")
     settings.update(epochs=workload.epochs, seed=seed, device="cpu", validation=VALIDATION,
                     final_train_loss=False, eval_every_steps=per_epoch // EVALUATIONS_PER_EPOCH,
                     out=str(work), runs=[{**spec, "label": "coolmomentum"}])  # fmt: skip
@@ -77,7 +76,7 @@ def effective_step(lr: float, rho: float) -> float:
     return lr * (1 + rho) / (2 * (1 - rho))
 
 
-def train(plan: study.Plan, spec: dict[str, Any], seed: int, work: Path) -> dict[str, Any]:
+def train(plan: Plan, spec: dict[str, Any], seed: int, work: Path) -> dict[str, Any]:
     """One run (resumed from its checkpoint if there is one): its evaluations, and where it
     collapsed (None if it did not)."""
     import torch
@@ -86,7 +85,7 @@ def train(plan: study.Plan, spec: dict[str, Any], seed: int, work: Path) -> dict
     from coolmomentum.experiments.loop import train as train_run
 
     config = run_config(plan, spec, seed, work)
-    run_id = study.Run(WORKLOAD, "hot-start", spec, seed).id
+    run_id = Trial(WORKLOAD, "hot-start", spec, seed).id
     data = InMemoryData(config, torch.device("cpu"))
     metrics = train_run(config, config.runs[0], work / run_id, data, resume=True,
                         log=lambda _: None)  # fmt: skip
@@ -111,7 +110,7 @@ def collapsed_at(accuracies: list[float]) -> int | None:
 
 
 def _mean_std(values: list[float]) -> str:
-    return study._mean_std(list(values), digits=3) if values else "—"
+    return mean_std(list(values), digits=3) if values else "—"
 
 
 def report(rows: dict[str, list[dict[str, Any]]], command: str, wall_hours: float) -> str:
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the files go")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    plan = study.small_plan()
+    plan = PLANS["small"]()
     if args.data_dir:
         plan = dataclasses.replace(plan, data={**plan.data, "data_dir": args.data_dir})
     clock = args.work / "wall_seconds.json"
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         args.work.mkdir(parents=True, exist_ok=True)
         atomic_write(clock, json.dumps({"seconds": previous + time.time() - started}))
     wall = (previous + time.time() - started) / 3600
-    command = "python benchmarks/hot_start.py" + (f" --data-dir {args.data_dir}"
+    command = "python -m benchmarks.hot_start" + (f" --data-dir {args.data_dir}"
                                                   if args.data_dir else "")  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write(args.results / "hot_start.json", json.dumps(rows, indent=1))

@@ -1,25 +1,26 @@
 """The optimizer study's pipeline, end to end on a few dozen images (``--quick``)."""
 
 import dataclasses
-import importlib.util
 import json
-import sys
+import types
 from pathlib import Path
 
 import pytest
 from test_data import write_fashion_mnist
+
+from benchmarks.study import __main__ as command
+from benchmarks.study import plan, records, report, runner
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("study", ROOT / "benchmarks" / "study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["study"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["study"]
+    """The study's modules under one name."""
+    names = {}
+    for module in (plan, records, runner, report, command):
+        names.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+    return types.SimpleNamespace(**names)
 
 
 def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch):
@@ -32,7 +33,7 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     plan = study.quick_plan(str(data))
     work = work / study.plan_name(plan)
     done = sorted(p.name for p in (work / "done").iterdir())
-    assert len(done) == len(study.planned_runs(plan, study.load_results(work))) == 30
+    assert len(done) == len(study.planned_trials(plan, study.load_results(work))) == 30
 
     records = json.loads((out / "study_quick.json").read_text())
     finals = [r for r in records if "budget_epochs" not in r]
@@ -74,11 +75,11 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     taken = study.run_study(plan, tmp_path / "again", jobs=1, threads=1, log=lines.append,
                             reuse=(work,))  # fmt: skip
     assert lines and all(line.endswith(f"runs reused from {work}") for line in lines)
-    assert len(taken) == 30 and {r["reused_from"] for r in taken.values()} == {work.name}
+    assert len(taken) == 30 and {r.reused_from for r in taken.values()} == {work.name}
     other = dataclasses.replace(plan, workloads=[
         dataclasses.replace(w, settings={**w.settings, "label_smoothing": 0.1})
         for w in plan.workloads])  # fmt: skip
-    run = study.Run(**taken[first]["run"])
+    run = study.Trial(**taken[first].trial)
     assert study.reused(run, plan, tmp_path, [work]) is not None
     assert study.reused(run, other, tmp_path, [work]) is None
     # The results' command is what trains the runs, with neither --reuse nor --report.
@@ -90,19 +91,22 @@ def test_a_diverged_trial_is_kept_scored_last_and_counted_in_the_tables(study, t
     data = tmp_path / "fmnist"
     write_fashion_mnist(data, n_train=160, n_test=64)
     plan = study.quick_plan(str(data))
-    run = study.Run("convnet", "sgd", {"optimizer": "sgd", "lr": 1e30, "momentum": 0.9})
+    run = study.Trial("convnet", "sgd", {"optimizer": "sgd", "lr": 1e30, "momentum": 0.9})
     summary = study.execute(run, plan, tmp_path / "work", threads=1)
-    assert "not finite" in summary["diverged"] and summary["final_acc"] is None
-    assert summary["acc_per_epoch"] == [] and summary["seconds"] > 0
-    diverged = {"final_acc": None}
-    assert study.score(diverged) == 0.0 < study.score({"final_acc": 0.1})
-    assert study._mean_std([0.5, None, 0.7]) == "0.6000 ± 0.1414 (1 diverged)"
-    assert study._mean_std([None, None]) == "diverged"
+    assert "not finite" in summary.diverged and summary.final_acc is None
+    assert summary.acc_per_epoch == [] and summary.seconds > 0
+    assert study.score(summary) == 0.0 < study.score(dataclasses.replace(summary, final_acc=0.1))
+    assert study.mean_std([0.5, None, 0.7]) == "0.6000 ± 0.1414 (1 diverged)"
+    assert study.mean_std([None, None]) == "diverged"
+
+
+def result(accuracy):
+    return records.TrialResult("id", {}, accuracy, None, [], None, None, 1.0, 1.0)
 
 
 def test_a_grid_grows_past_the_edge_its_best_trial_sits_at(study):
     def make(lr):
-        return study.Run("convnet", "sgd", {"optimizer": "sgd", "lr": lr})
+        return study.Trial("convnet", "sgd", {"optimizer": "sgd", "lr": lr})
 
     def grid(accuracy):  # the grid once every trial planned has finished
         results = {}
@@ -111,7 +115,7 @@ def test_a_grid_grows_past_the_edge_its_best_trial_sits_at(study):
             todo = [r for r in runs if r.id not in results]
             if not todo:
                 return [r.optimizer["lr"] for r in runs]
-            results.update({r.id: {"final_acc": accuracy(r.optimizer["lr"])} for r in todo})
+            results.update({r.id: result(accuracy(r.optimizer["lr"])) for r in todo})
 
     assert grid(lambda lr: -abs(lr - 2)) == [1, 2, 4]  # the best inside: as planned
     assert grid(lambda lr: lr) == [1, 2, 4, 8, 16]  # rising: twice past the top, no more
@@ -121,9 +125,8 @@ def test_a_grid_grows_past_the_edge_its_best_trial_sits_at(study):
 
 
 def test_hot_start_finds_where_a_run_collapsed_for_good():
-    spec = importlib.util.spec_from_file_location("hot_start", ROOT / "benchmarks" / "hot_start.py")
-    hot_start = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hot_start)
+    from benchmarks import hot_start
+
     assert hot_start.collapsed_at([0.3, 0.1, 0.5, 0.1, 0.1]) == 3  # not at 1: it recovered
     assert hot_start.collapsed_at([0.3, 0.6, 0.7]) is None
     assert hot_start.collapsed_at([0.1, 0.1]) == 0
