@@ -21,8 +21,9 @@ kernel, under the change of variables above, elsewhere).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -43,6 +44,7 @@ _STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Parameters of these exact types are plain tensors: no DTensor shard to take (a cheap test
 # per parameter and step).
 _PLAIN_TENSORS = frozenset({Tensor, torch.nn.Parameter})
+_Key = TypeVar("_Key")
 
 
 class StepOptions(NamedTuple):
@@ -54,8 +56,27 @@ class StepOptions(NamedTuple):
     track_temperature: bool
 
 
+class Coefficients(NamedTuple):
+    """A step's coefficients, as :meth:`CoolMomentum._coefficients` computes them.
+
+    Python values in eager steps. With ``capturable=True`` or under ``torch.compile`` the
+    step count is a tensor that is never read on the host, and what depends on it is a
+    tensor too.
+    """
+
+    rho: float | Tensor
+    """``rho_k``: a float, or a 0-d tensor computed from the step count on its device."""
+    lr: float | Tensor
+    """The group's ``lr``: a float, or a 0-d tensor (an ``lr`` tensor off the CPU, or any
+    ``lr`` tensor without host reads)."""
+    measured: bool | Tensor
+    """Whether this step's temperature is measured (``temperature_every``): a bool when the
+    step count is known on the host; else a 0-d 0/1 tensor, and the sum of ``b**2`` is then
+    computed on every step and weighted by it."""
+
+
 UpdateFn = Callable[
-    [list[Tensor], list[Tensor], list[Tensor], Any, Any, StepOptions], "Tensor | None"
+    [list[Tensor], list[Tensor], list[Tensor], Coefficients, StepOptions], "Tensor | None"
 ]
 
 
@@ -335,27 +356,29 @@ class CoolMomentum(Optimizer):
                     for g in grads
                 ]
             step = group["step"]
-            rho, lr, measured = self._coefficients(group, step)
+            coefficients = self._coefficients(group, step)
             options = StepOptions(
                 group["weight_decay"],
                 group["decoupled_weight_decay"],
                 group["maximize"],
-                track_temperature=measured is not False,
+                track_temperature=coefficients.measured is not False,
             )
-            sq_sum = _choose_update(group)(params, grads, bufs, rho, lr, options)
+            sq_sum = _choose_update(group)(params, grads, bufs, coefficients, options)
             if sq_sum is not None:
                 # Sums of v**2 = (lr b)**2 and of element counts: their ratio is the mean, on
                 # one rank or, after summing over ranks, over every shard.
                 acc = group["temperature_sum"]
                 count: int | Tensor = sum(t.numel() for t in params)
+                lr = coefficients.lr
                 lr_sq = _scalar(lr * lr, acc) if isinstance(lr, Tensor) else lr * lr
                 sq_sum = sq_sum.to(device=acc.device, dtype=acc.dtype) * lr_sq
+                measured = coefficients.measured
                 if isinstance(measured, Tensor):  # computed on every step, kept on some
                     sq_sum, count = sq_sum * measured, measured * count
                 acc.add_(sq_sum)
                 group["temperature_count"].add_(count)
             step.add_(1)
-            group["momentum"] = rho
+            group["momentum"] = coefficients.rho
         return loss
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -387,11 +410,13 @@ class CoolMomentum(Optimizer):
             bufs.append(buf)
         return params, grads, bufs
 
-    def _coefficients(self, group: dict[str, Any], step: Tensor) -> tuple[Any, Any, Any]:
+    def _coefficients(self, group: dict[str, Any], step: Tensor) -> Coefficients:
         """``rho_k``, ``lr`` and whether this step's temperature is measured.
 
         Python values in eager mode; without host reads (capturable, compiled), ``rho`` is
-        a 0-d tensor, and so is the measurement flag when only some steps are measured.
+        a 0-d tensor, and so is the measurement flag when only some steps are measured:
+        deciding it on the host would read the step count back (a device synchronization,
+        or a graph break under ``torch.compile``).
         """
         schedule = self._schedule(group)
         lr = group["lr"]
@@ -400,7 +425,7 @@ class CoolMomentum(Optimizer):
             real = getattr(torch, schedule_float("torch", step.device.type))
             rho = schedule(step.to(real), ops=torch)
             measured = group["track_temperature"] and (every == 1 or step % every == 0)
-            return rho, lr.reshape(()) if isinstance(lr, Tensor) else lr, measured
+            return Coefficients(rho, lr.reshape(()) if isinstance(lr, Tensor) else lr, measured)
         k = int(step.item())  # a CPU tensor: no device synchronization
         rho = schedule(k)
         if isinstance(rho, Tensor):  # a callable schedule may return a tensor
@@ -408,7 +433,7 @@ class CoolMomentum(Optimizer):
         if isinstance(lr, Tensor):
             # Any one-element shape; a CPU value is read without synchronizing a device.
             lr = lr.item() if lr.device.type == "cpu" else lr.reshape(())
-        return rho, lr, group["track_temperature"] and k % every == 0
+        return Coefficients(rho, lr, group["track_temperature"] and k % every == 0)
 
     @torch.no_grad()
     def stats(
@@ -534,12 +559,12 @@ def _single_tensor_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    rho: float | Tensor,
-    lr: float | Tensor,
+    coefficients: Coefficients,
     options: StepOptions,
 ) -> Tensor | None:
     """The reference loop, one tensor at a time; returns ``sum(b**2)`` when tracking."""
     weight_decay, decoupled_weight_decay, maximize, track_temperature = options
+    rho, lr = coefficients.rho, coefficients.lr
     norms = []
     scalar_mode = not isinstance(rho, Tensor) and not isinstance(lr, Tensor)
     damp = (1 + rho) / 2
@@ -568,12 +593,12 @@ def _foreach_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    rho: float | Tensor,
-    lr: float | Tensor,
+    coefficients: Coefficients,
     options: StepOptions,
 ) -> Tensor | None:
     """The multi-tensor path: same arithmetic as :func:`_single_tensor_update`, per device/dtype."""
     weight_decay, decoupled_weight_decay, maximize, track_temperature = options
+    rho, lr = coefficients.rho, coefficients.lr
     if not params:
         return None
     sq_norms = []
@@ -608,64 +633,99 @@ def _foreach_update(
     return _total(sq_norms)
 
 
+class _Route(enum.Enum):
+    """The kernel that runs a tensor of the fused step."""
+
+    C_KERNEL = enum.auto()  # :mod:`coolmomentum._fused_cpu`: one pass, sums b**2 in it
+    FUSED_SGD = enum.auto()  # PyTorch's fused SGD kernel, torch._fused_sgd_
+    FOREACH = enum.auto()  # the multi-tensor path, for what neither kernel takes
+
+
+def _route(param: Tensor, grad: Tensor, buf: Tensor, rho: float, c_kernel: bool) -> _Route:
+    """The kernel for one tensor of the fused step; ``c_kernel``: whether the C kernel can run.
+
+    The layout rule is per tensor, so tensors of one device and dtype may take different
+    routes.
+    """
+    # Both kernels keep the buffer in the parameter's dtype and walk the three tensors'
+    # memory side by side.
+    if buf.dtype != param.dtype or not _fused_cpu.dense_alike(param, grad, buf):
+        return _Route.FOREACH
+    if param.is_cpu:
+        # The C kernel is built for float32 and float64; PyTorch 2.13's vectorized CPU
+        # kernel computes wrong bfloat16 and float16 buffers (so does SGD(fused=True): a
+        # tensor of 16 or more elements goes wrong), so those run the foreach path.
+        if param.dtype not in _fused_cpu.DTYPES:
+            return _Route.FOREACH
+        if c_kernel:
+            return _Route.C_KERNEL
+    # PyTorch's kernel keeps no buffer at momentum 0 (see _fused_sgd_update).
+    return _Route.FUSED_SGD if rho != 0 else _Route.FOREACH
+
+
 def _fused_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    rho: float,
-    lr: float | Tensor,
+    coefficients: Coefficients,
     options: StepOptions,
 ) -> Tensor | None:
     """One pass over each tensor: the C kernel on the CPU, else PyTorch's fused SGD kernel.
 
-    Tensors that neither kernel takes run the foreach path: PyTorch's wants buffers in the
-    parameters' dtype, one memory layout for parameter, gradient and buffer, and ``rho > 0``
-    (see :func:`_fused_sgd_update`); on the CPU it is not used for bfloat16 and float16,
-    where PyTorch 2.13's vectorized kernel computes wrong buffers (so does
-    ``SGD(fused=True)``: a tensor of 16 or more elements goes wrong).
+    Tensors that neither kernel takes run the foreach path (see :func:`_route`).
     """
-    native = not isinstance(lr, Tensor) and _fused_cpu.library() is not None
-    # Each tensor's route: a dtype for the C kernel, else the update function that takes it.
-    routes: dict[Any, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
-    for p, g, b in zip(params, grads, bufs, strict=True):
-        dtype = p.dtype
-        route: Any = _foreach_update
-        if b.dtype is dtype and _fused_cpu.dense_alike(p, g, b):
-            if not p.is_cpu:
-                route = _fused_sgd_update if rho != 0 else _foreach_update
-            elif dtype is torch.float32 or dtype is torch.float64:
-                route = dtype if native else _fused_sgd_update if rho != 0 else _foreach_update
-        lists = routes.get(route)
-        if lists is None:
-            lists = routes[route] = ([], [], [])
-        lists[0].append(p)
-        lists[1].append(g)
-        lists[2].append(b)
+    # The fused step runs in eager mode only (see _choose_update): rho is a Python float.
+    rho = cast(float, coefficients.rho)
+    # The C kernel takes lr as a number: an lr tensor off the CPU would need a host read.
+    c_kernel = not isinstance(coefficients.lr, Tensor) and _fused_cpu.library() is not None
+    buckets = _bucketed(params, grads, bufs, lambda p, g, b: _route(p, g, b, rho, c_kernel))
     sq_sums = []
-    for route, lists in routes.items():
-        if isinstance(route, torch.dtype):
-            sq = _fused_cpu.step(
-                *lists,
-                rho,
-                cast(float, lr),
-                options.weight_decay,
-                options.decoupled_weight_decay,
-                options.maximize,
-                options.track_temperature,
-            )
-        else:
-            sq = route(*lists, rho, lr, options)
+    for route, lists in buckets.items():
+        sq = _update_of(route)(*lists, coefficients, options)
         if sq is not None:
             sq_sums.append(sq)
     return _total(sq_sums) if options.track_temperature and sq_sums else None
+
+
+def _update_of(route: _Route) -> UpdateFn:
+    """The function that runs ``route`` (looked up when called: tests spy on them)."""
+    if route is _Route.C_KERNEL:
+        return _c_kernel_update
+    if route is _Route.FUSED_SGD:
+        return _fused_sgd_update
+    return _foreach_update
+
+
+def _c_kernel_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    coefficients: Coefficients,
+    options: StepOptions,
+) -> Tensor | None:
+    """The step through the C kernel, one call per dtype (CPU tensors, see :func:`_route`)."""
+    rho, lr = cast(float, coefficients.rho), coefficients.lr
+    sq_sums = []
+    for lists in _bucketed(params, grads, bufs, lambda p, g, b: p.dtype).values():
+        sq = _fused_cpu.step(
+            *lists,
+            rho,
+            cast(float, lr),
+            options.weight_decay,
+            options.decoupled_weight_decay,
+            options.maximize,
+            options.track_temperature,
+        )
+        if sq is not None:
+            sq_sums.append(sq)
+    return _total(sq_sums) if sq_sums else None
 
 
 def _fused_sgd_update(
     params: list[Tensor],
     grads: list[Tensor],
     bufs: list[Tensor],
-    rho: float,
-    lr: float | Tensor,
+    coefficients: Coefficients,
     options: StepOptions,
 ) -> Tensor | None:
     """CoolMomentum's step through PyTorch's fused SGD kernel, ``torch._fused_sgd_``.
@@ -677,6 +737,7 @@ def _fused_sgd_update(
     buffer: the caller sends cooled steps elsewhere.)
     """
     weight_decay, decoupled_weight_decay, maximize, track_temperature = options
+    rho, lr = cast(float, coefficients.rho), coefficients.lr  # eager only: rho is a float
     sq_norms = []
     for dev_params, dev_grads, dev_bufs in _by_device_and_dtype(params, grads, bufs):
         if weight_decay and decoupled_weight_decay:
@@ -698,6 +759,25 @@ def _fused_sgd_update(
     if not track_temperature or not sq_norms:
         return None
     return _total(sq_norms)
+
+
+def _bucketed(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    key: Callable[[Tensor, Tensor, Tensor], _Key],
+) -> dict[_Key, tuple[list[Tensor], list[Tensor], list[Tensor]]]:
+    """The triples grouped by ``key(param, grad, buf)``, in order of first appearance."""
+    buckets: dict[_Key, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
+    for p, g, b in zip(params, grads, bufs, strict=True):
+        k = key(p, g, b)
+        lists = buckets.get(k)
+        if lists is None:
+            lists = buckets[k] = ([], [], [])
+        lists[0].append(p)
+        lists[1].append(g)
+        lists[2].append(b)
+    return buckets
 
 
 def _by_device_and_dtype(
