@@ -70,9 +70,14 @@ class _MathOps:
         return min(max(x, lo), hi)
 
 
+def _check_momentum(name: str, value: float, hint: str = "") -> None:
+    """A momentum coefficient, named ``name`` as the caller passed it, must be in [0, 1)."""
+    if not is_number(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1){hint}, got {value!r}")
+
+
 def _check_rho_0(rho_0: float) -> None:
-    if not is_number(rho_0) or not 0.0 <= rho_0 < 1.0:
-        raise ValueError(f"rho_0 must be a number in [0, 1) (the paper uses 0.99), got {rho_0!r}")
+    _check_momentum("rho_0", rho_0, " (the paper uses 0.99)")
 
 
 def total_steps_from_alpha(alpha: float, rho_0: float) -> float:
@@ -103,8 +108,7 @@ def alpha_from_total_steps(total_steps: float, rho_0: float) -> float:
 
 def temperature_ratio(rho: float) -> float:
     """``T(rho) / T(0) = (1 + rho) / (1 - rho)`` at a fixed learning rate."""
-    if not is_number(rho) or not 0.0 <= rho < 1.0:
-        raise ValueError(f"rho must be in [0, 1), got {rho!r}")
+    _check_momentum("rho", rho)
     return (1.0 + rho) / (1.0 - rho)
 
 
@@ -115,7 +119,7 @@ def sgd_to_coolmomentum(lr: float, momentum: float) -> dict[str, float]:
     ``rho = mu``. Returns ``{"lr": ..., "rho_0": ...}``.
     """
     check_number("lr", lr)
-    _check_rho_0(momentum)
+    _check_momentum("momentum", momentum)
     return {"lr": 2.0 * lr / (1.0 + momentum), "rho_0": float(momentum)}
 
 
@@ -125,7 +129,7 @@ def coolmomentum_to_sgd(lr: float, rho: float) -> dict[str, float]:
     Returns ``{"lr": lr * (1 + rho) / 2, "momentum": rho}``.
     """
     check_number("lr", lr)
-    _check_rho_0(rho)
+    _check_momentum("rho", rho)
     return {"lr": lr * (1.0 + rho) / 2.0, "momentum": float(rho)}
 
 

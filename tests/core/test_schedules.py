@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import re
 import subprocess
 import sys
 from decimal import Decimal, getcontext
@@ -130,10 +131,25 @@ def test_constant_schedule_needs_no_total_steps():
 def test_bad_helper_arguments_are_rejected():
     with pytest.raises(ValueError, match="step must be a number >= 0"):
         rho(-1, total_steps=10)
-    with pytest.raises(ValueError, match=r"rho must be in \[0, 1\)"):
-        temperature_ratio(1.0)
     with pytest.raises(ValueError, match="lr must be a number >= 0"):
         sgd_to_coolmomentum(-0.1, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("convert", "args", "name"),
+    [
+        (sgd_to_coolmomentum, (0.1, 1.0), "momentum"),
+        (sgd_to_coolmomentum, (0.1, -0.5), "momentum"),
+        (coolmomentum_to_sgd, (0.1, 1.5), "rho"),
+        (coolmomentum_to_sgd, (0.1, "0.9"), "rho"),
+        (temperature_ratio, (1.0,), "rho"),
+    ],
+)
+def test_a_bad_momentum_is_named_as_the_caller_passed_it(convert, args, name):
+    # Each helper names its own argument (never rho_0), its range and the value it got.
+    message = rf"^{name} must be a number in \[0, 1\), got {re.escape(repr(args[-1]))}$"
+    with pytest.raises(ValueError, match=message):
+        convert(*args)
 
 
 def test_importing_the_package_imports_no_framework():
