@@ -122,9 +122,13 @@ class CoolMomentum(Optimizer):
             no extra memory traffic; the other paths read the buffers once more.
         temperature_every: measure the temperature on every this many steps only (steps
             ``k`` with ``k % temperature_every == 0``): the window's temperature is then the
-            mean over its measured steps, an estimate of the mean over all its steps, and
-            the extra read of the foreach and single-tensor paths is paid once per
-            ``temperature_every`` steps. Default 1: every step, exact.
+            mean over its measured steps, an estimate of the mean over all its steps.
+            Eager steps skip the measurement on the other steps, and with it the extra read
+            of the buffers (foreach and single-tensor paths, PyTorch's fused SGD kernel).
+            With ``capturable=True`` or under ``torch.compile`` the step count is a tensor
+            that ``step()`` never reads back (that would synchronize with the device, or
+            break the graph), so the sum is computed on every step and kept on the measured
+            ones: the same temperature, without the saving. Default 1: every step, exact.
         noise_std: standard deviation of Gaussian noise added to every real gradient element
             before the update: the random force of Langevin dynamics, for full-batch
             (deterministic) objectives that have no minibatch noise. Default 0.

@@ -689,3 +689,43 @@ def test_temperature_every_k_steps_is_the_mean_over_the_measured_steps(path):
     assert stats["temperature"] == pytest.approx(float(np.mean(measured)), rel=1e-12)
     assert stats["temperature_count"] == len(measured) * sum(x.size for x in xs)
     assert stats["temperature_steps"] == steps
+
+
+@pytest.mark.parametrize(
+    ("path", "steps_read"),
+    [
+        ("single", [0, 3, 6, 9]),
+        ("foreach", [0, 3, 6, 9]),
+        # The step count is a device tensor: knowing whether a step is measured would take a
+        # host read, so every step computes the sum and weights it by 0 or 1.
+        ("capturable", list(range(10))),
+        ("capturable-single", list(range(10))),
+    ],
+)
+def test_temperature_every_k_steps_skips_the_read_of_the_buffers_in_eager_steps(
+    path, steps_read, monkeypatch
+):
+    norm_calls = 0
+
+    def counted(norm):
+        def counting_norm(*args, **kwargs):
+            nonlocal norm_calls
+            norm_calls += 1
+            return norm(*args, **kwargs)
+
+        return counting_norm
+
+    # The single-tensor loop and the foreach path read the buffers through these.
+    monkeypatch.setattr(torch.linalg, "vector_norm", counted(torch.linalg.vector_norm))
+    monkeypatch.setattr(torch, "_foreach_norm", counted(torch._foreach_norm))
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = CoolMomentum([x], lr=0.05, total_steps=12, temperature_every=3, **ALL_PATHS[path])
+    read = []
+    for k in range(10):
+        x.grad = torch.ones(3, dtype=torch.float64)
+        before = norm_calls
+        opt.step()
+        if norm_calls > before:
+            read.append(k)
+    assert read == steps_read
+    assert opt.stats()[0]["temperature_count"] == 4 * 3  # steps 0, 3, 6, 9 in every case
