@@ -1,6 +1,6 @@
 """Why CoolMomentum's tuned lr lost a ResNet-20 seed in the study: the hot start, measured.
 
-In the study (``python -m benchmarks.study --plan small``), CoolMomentum's lr tuned on
+In the study's earlier plan (``results/study_small.md``), CoolMomentum's lr tuned on
 ResNet-20 (0.08, rho_0 0.99) trained two final seeds of three to about 0.74 and left the
 third at chance (0.100, training loss ln 10: a constant prediction). The effective step of
 the momentum recurrence is ``lr (1 + rho) / (2 (1 - rho))``: 99.5 lr at rho_0 0.99, about 8
@@ -23,7 +23,6 @@ and ``.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -32,12 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.study import PLANS, Plan, Trial, mean_std, steps_per_epoch
+from benchmarks.study import Trial, mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "hot_start"
 WORKLOAD = "resnet20"
+# The ResNet-20 workload of the study's earlier plan (results/study_small.md): the first 5,000
+# Fashion-MNIST images, 4 epochs at batch 32 (156 steps each), shifts and flips, batch norm
+# recomputed before each evaluation.
+SETTINGS = {"dataset": "fashion-mnist", "model": "resnet20", "batch_size": 32,
+            "eval_batch_size": 1000, "augment": "shift-flip", "train_subset": 5_000,
+            "recompute_batch_norm": 50, "epochs": 4}  # fmt: skip
+STEPS_PER_EPOCH = 5_000 // 32
 SEEDS = (0, 1, 2, 3, 4)
 VALIDATION = 2_000  # held-out training images (the study holds out 10,000: slower to score)
 EVALUATIONS_PER_EPOCH = 3
@@ -45,8 +51,8 @@ COLLAPSED_BELOW = 0.2  # validation accuracy; chance is 0.1
 
 
 def tuned_setting(results: Path = RESULTS) -> dict[str, Any]:
-    """CoolMomentum's ResNet-20 setting as the study chose it (its results file)."""
-    records = json.loads((results / "study.json").read_text())
+    """CoolMomentum's ResNet-20 setting as the study's earlier plan chose it (its results)."""
+    records = json.loads((results / "study_small.json").read_text())
     record = next(r for r in records if r["workload"] == WORKLOAD
                   and r["optimizer"] == "coolmomentum" and "budget_epochs" not in r)  # fmt: skip
     return {k: v for k, v in record["setting"].items() if k != "lr_schedule"}
@@ -60,23 +66,20 @@ def variants(tuned: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_config(plan: Plan, spec: dict[str, Any], seed: int, work: Path) -> Any:
+def run_config(spec: dict[str, Any], seed: int, work: Path, data_dir: str | None) -> Any:
     from coolmomentum.experiments.config import RunConfig
 
-    workload = next(w for w in plan.workloads if w.name == WORKLOAD)
-    settings = {**workload.settings, **plan.data}
-    per_epoch = steps_per_epoch(workload, plan, "val")
-    settings.update(epochs=workload.epochs, seed=seed, device="cpu", validation=VALIDATION,
-                    final_train_loss=False, eval_every_steps=per_epoch // EVALUATIONS_PER_EPOCH,
-                    out=str(work), runs=[{**spec, "label": "coolmomentum"}])  # fmt: skip
-    return RunConfig(**settings)
+    every = STEPS_PER_EPOCH // EVALUATIONS_PER_EPOCH
+    return RunConfig(**SETTINGS, data_dir=data_dir, seed=seed, device="cpu",
+                     validation=VALIDATION, eval_every_steps=every, out=str(work),
+                     runs=[{**spec, "label": "coolmomentum"}])  # fmt: skip
 
 
 def effective_step(lr: float, rho: float) -> float:
     return lr * (1 + rho) / (2 * (1 - rho))
 
 
-def train(plan: Plan, spec: dict[str, Any], seed: int, work: Path) -> dict[str, Any]:
+def train(spec: dict[str, Any], seed: int, work: Path, data_dir: str | None) -> dict[str, Any]:
     """One run (resumed from its checkpoint if there is one): its evaluations, and where it
     collapsed (None if it did not)."""
     import torch
@@ -84,7 +87,7 @@ def train(plan: Plan, spec: dict[str, Any], seed: int, work: Path) -> dict[str, 
     from coolmomentum.experiments.data import InMemoryData
     from coolmomentum.experiments.loop import train as train_run
 
-    config = run_config(plan, spec, seed, work)
+    config = run_config(spec, seed, work, data_dir)
     run_id = Trial(WORKLOAD, "hot-start", spec, seed).id
     data = InMemoryData(config, torch.device("cpu"))
     metrics = train_run(config, config.runs[0], work / run_id, data, resume=True,
@@ -161,9 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the files go")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    plan = PLANS["small"]()
-    if args.data_dir:
-        plan = dataclasses.replace(plan, data={**plan.data, "data_dir": args.data_dir})
     clock = args.work / "wall_seconds.json"
     previous = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
     started = time.time()
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, spec in variants(tuned_setting()).items():
             for seed in SEEDS:
-                rows.setdefault(name, []).append(train(plan, spec, seed, args.work))
+                rows.setdefault(name, []).append(train(spec, seed, args.work, args.data_dir))
                 print(f"{name}, seed {seed}: collapsed at {rows[name][-1]['collapsed_at']}")
     finally:
         args.work.mkdir(parents=True, exist_ok=True)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from . import __doc__ as STUDY_DOC
 from .plan import PLANS, plan_name, quick_plan
-from .records import load_results, write_json
-from .report import write_results
+from .records import Archive, load_results
 from .runner import ROOT, execute_order, run_study
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -36,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.study", description=(STUDY_DOC or "").splitlines()[0]
     )
-    parser.add_argument("--plan", choices=sorted(PLANS), default="full", help="the sizes")
-    parser.add_argument("--quick", action="store_true", help="a tiny subset, one epoch")
+    parser.add_argument("--plan", choices=sorted(PLANS), default="budgets", help="the plan")
+    parser.add_argument("--quick", action="store_true", help="a tiny subset, a few steps")
     parser.add_argument(
         "--report", action="store_true", help="write the results of the runs done; run none"
     )
@@ -63,25 +60,26 @@ def main(argv: list[str] | None = None) -> int:
         plan.data["data_dir"] = args.data_dir
     # A SIGTERM ends the study (and its workers) as Ctrl-C does; a rerun continues it.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    work = args.work / plan_name(plan)
+    work = args.work / plan_name(plan, args.quick)
     work.mkdir(parents=True, exist_ok=True)
-    clock = work / "wall_seconds.json"
-    previous = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
-    started = time.time()
+    prefix = "study_quick" if args.quick else "study"
+    archive = Archive(args.results / f"{prefix}_runs.json")
     if args.report:
-        results = load_results(work)
+        results = {**archive.results, **load_results(work)}
+        wall = archive.earlier_seconds / 3600
     else:
         try:
-            results = run_study(plan, work, args.jobs, threads, reuse=tuple(args.reuse))
+            results = run_study(plan, work, args.jobs, threads, reuse=tuple(args.reuse),
+                                archive=archive)  # fmt: skip
         finally:
-            write_json(clock, {"seconds": previous + time.time() - started})
-    wall = (previous + (0.0 if args.report else time.time() - started)) / 3600
+            archive.save({**archive.results, **load_results(work)})
+        wall = archive.wall_seconds() / 3600
     command = "python -m benchmarks.study " + " ".join(_training_arguments(argv))
-    write_results(plan, results, args.results, command, wall, args.quick)
-    print(f"wrote {args.results}/{'study_quick' if args.quick else 'study'}.md")
+    from .report import write_results  # after the runs: a report's error loses none of them
+
+    write_results(plan, results, args.results, command, wall, prefix)
+    print(f"wrote {args.results}/{prefix}.md")
     return 0
-
-
 
 
 if __name__ == "__main__":

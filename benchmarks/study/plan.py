@@ -1,8 +1,26 @@
-"""The study's plan: workloads, grids, seeds and sizes, and the trials each stage asks for.
+"""The study's plan: workloads, budgets, arms and grids, and the trials each stage asks for.
 
 Pure: no training here. Each stage follows from the results of the one before, so
-:func:`planned_trials` gives every trial that can be planned with the results so far; the
-runner (:mod:`.runner`) trains them and asks again.
+:func:`stages` (and :func:`planned_trials`, its trials in order) gives every trial that can be
+planned with the results so far; the runner (:mod:`.runner`) trains them and asks again.
+
+Per workload and budget (the steps of the final runs), in order:
+
+1. **tune**: every tuned arm on the validation split, one trial per lr. At the first budget
+   the arm's grid (factors of 2); at each later one a local grid (x1/2, x1, x2) around the
+   previous budget's choice, with its other settings. A grid whose best trial sits at an
+   edge grows past it by a factor of 2, at most twice. At the first budget the best
+   CoolMomentum shape also tries each of ``rho_0s`` (a local grid around its best lr), and,
+   where its hot start failed (a trial at a larger lr than the best collapsed), a momentum
+   warm-up (rho = 0 over the first ``MOMENTUM_WARMUP_FRACTION`` of the steps) at x1 and x2:
+   these trials are the arm's too. An arm's choice is its best trial.
+2. **integral** (first budget): each other CoolMomentum shape once more, at the lr that gives
+   it the best shape's integral of the effective step (a diagnosis; no arm's choice).
+3. **final**: every arm's choice and the paper's settings, trained on all the training
+   images and scored on the test set, over ``seeds`` (``extra_seeds`` at the budgets named).
+   Two more CoolMomentum rows: the best of the first N CoolMomentum trials in the declared
+   order (:data:`COOLMOMENTUM_ARMS`, each arm's trials by lr), N the largest trial count of a
+   rival arm at that budget; and the best over every CoolMomentum trial.
 """
 
 from __future__ import annotations
@@ -10,37 +28,120 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from coolmomentum.experiments.optimizers import SCHEDULE_FREE_BN_BATCHES
+from coolmomentum.schedules import Schedule
 
-from .records import TrialResult, std
+from .records import TrialResult
 
-SCHEDULES = ("exponential", "exponential-temperature", "linear-temperature")
+__all__ = [
+    "ARMS",
+    "COOLMOMENTUM_ARMS",
+    "PLANS",
+    "Arm",
+    "BudgetStage",
+    "Plan",
+    "Trial",
+    "Workload",
+    "effective_step_integral",
+    "planned_trials",
+    "quick_plan",
+    "score",
+    "stages",
+    "steps_per_epoch",
+]
+
+Results = dict[str, TrialResult]
+
+EDGE_EXTENSIONS = 2  # a grid whose best trial sits at an edge grows past it, at most this often
+COLLAPSED_BELOW = 0.2  # a trial's accuracy below this: it collapsed (chance is 0.1)
+MOMENTUM_WARMUP_FRACTION = 0.02  # the authors' EfficientNet run: 3,127 of 218,948 steps, 1.4 %
+FIRST_N_LABEL = "coolmomentum-first-n"
+BEST_LABEL = "coolmomentum-best"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A row of the study: an optimizer with its fixed settings, tuned along lr (or not).
+
+    ``warmup_fraction``: the learning-rate warm-up, as a fraction of each run's steps (the
+    optimizers whose authors prescribe one).
+    """
+
+    label: str
+    settings: dict[str, Any]  # flat OptimizerSpec settings (lr among them if not tuned)
+    warmup_fraction: float = 0.0
+    tuned: bool = True
+
+    @property
+    def coolmomentum(self) -> bool:
+        return self.settings["optimizer"] == "coolmomentum"
+
+
+# Weight decay is fixed per family: 5e-4 coupled for SGD, schedule-free SGD and CoolMomentum,
+# 0.05 decoupled for the AdamW family. The cooled AdamW keeps its lr constant after the
+# warm-up, as Demon uses it.
+ARMS = {
+    arm.label: arm
+    for arm in (
+        Arm("sgd", {"optimizer": "sgd", "momentum": 0.9, "lr_schedule": "cosine",
+                    "weight_decay": 5e-4}),
+        Arm("adamw", {"optimizer": "adamw", "lr_schedule": "cosine", "weight_decay": 0.05},
+            0.05),
+        Arm("sgd-schedulefree", {"optimizer": "sgd-schedulefree", "weight_decay": 5e-4}, 0.05),
+        Arm("adamw-schedulefree", {"optimizer": "adamw-schedulefree", "weight_decay": 0.05},
+            0.05),
+        Arm("adamw-cooled", {"optimizer": "adamw-cooled", "rho_0": 0.9,
+                             "schedule": "linear-temperature", "weight_decay": 0.05}, 0.05),
+        *(Arm(f"coolmomentum-{shape}", {"optimizer": "coolmomentum", "rho_0": 0.99,
+                                        "schedule": shape, "weight_decay": 5e-4})
+          for shape in ("linear-temperature", "cosine-temperature", "exponential")),
+        Arm("coolmomentum-paper", {"optimizer": "coolmomentum", "lr": 0.01, "rho_0": 0.99,
+                                   "schedule": "exponential"}, tuned=False),
+    )
+}  # fmt: skip
+# The order, declared before the study ran, in which its CoolMomentum trials count for the
+# row "best of the first N": the shapes as the schedule literature ranks their lr analogues
+# (linear decay first, then cosine; geometric decay last), each shape's trials by lr.
+COOLMOMENTUM_ARMS = tuple(label for label, arm in ARMS.items() if arm.coolmomentum and arm.tuned)
 
 
 @dataclass(frozen=True)
 class Workload:
+    """A network on a dataset, trained at each of its ``budgets`` (final-run steps).
+
+    ``grids``: the first budget's lr grid of each tuned arm. ``later_arms``: the arms kept at
+    the later budgets (None: all); ``later_shapes``: how many CoolMomentum shapes stay then
+    (the best at the first budget).
+    """
+
     name: str
     title: str
     settings: dict[str, Any]  # RunConfig fields
-    epochs: int
+    budgets: tuple[int, ...]
+    grids: dict[str, list[float]]
+    later_arms: tuple[str, ...] | None = None
+    later_shapes: int = len(COOLMOMENTUM_ARMS)
+    extra_seeds: dict[int, tuple[int, ...]] = field(default_factory=dict)  # budget: seeds
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One harness run of the study: a setting trained from one seed on one split."""
+    """One harness run of the study: a setting trained from one seed on one split, for the
+    steps of its budget (``split="val"``: tuning, on the training images less the held-out
+    ones, for as many epochs as the final runs; ``"test"``: a final run)."""
 
     workload: str
-    label: str  # the row of the tables: the optimizer, or "coolmomentum-paper", ...
-    optimizer: dict[str, Any]  # OptimizerSpec fields
+    label: str  # the row of the tables
+    optimizer: dict[str, Any]  # flat OptimizerSpec settings
     seed: int = 0
-    split: str = "val"  # "val": tuning on held-out training images; "test": final runs
-    epochs: int | None = None  # default: the workload's
-    stage: str = "tune"  # tune, variant, final, budget
+    split: str = "val"
+    stage: str = "tune"  # tune, integral, final
+    budget: int = 0  # the steps of the budget's final runs
+    context: str = ""  # a digest of the workload's settings: a changed workload, new trials
 
     @property
     def id(self) -> str:
@@ -51,200 +152,139 @@ class Trial:
 
 @dataclass
 class Plan:
-    """The study's settings: workloads, grids, seeds, sizes (``--quick`` shrinks them)."""
+    """The study's settings (``--quick`` shrinks them)."""
 
     workloads: list[Workload]
-    grids: dict[str, list[float]]
-    cool_stage_a: list[float]
-    refine: dict[str, list[float]]  # workloads 2 and 3: multiples of the workload-1 lr
-    seeds: list[int]
-    budgets: list[int]  # workload 1's other training lengths, in epochs
-    budget_seeds: list[int]
-    validation: int
+    validation: int  # training images held out for tuning
+    seeds: list[int]  # of the final runs
+    rho_0s: list[float]  # tried by the best CoolMomentum shape at the first budget
+    archive: str | None = None  # results file of earlier workloads, kept as they are
     data: dict[str, Any] = field(default_factory=dict)  # data_dir, subsets
 
-
-def full_plan() -> Plan:
-    common = {"dataset": "fashion-mnist", "batch_size": 128, "eval_batch_size": 1000}
-    # Every optimizer's batch norm is recomputed before evaluating, as schedule-free's is.
-    batch_norm = {"recompute_batch_norm": SCHEDULE_FREE_BN_BATCHES}
-    return Plan(
-        workloads=[
-            Workload(
-                "convnet", "Fashion-MNIST, convnet", {**common, **batch_norm, "model": "convnet"}, 5
-            ),
-            Workload(
-                "resnet20",
-                "Fashion-MNIST, ResNet-20 with shifts and flips, batch 32, first 10,000 images",
-                {
-                    **common,
-                    **batch_norm,
-                    "model": "resnet20",
-                    "augment": "shift-flip",
-                    "batch_size": 32,
-                    "train_subset": 10_000,
-                },
-                5,
-            ),
-            Workload(
-                "lstm",
-                "sequential Fashion-MNIST (28 rows as 28 steps), 2-layer LSTM",
-                {**common, "model": "lstm"},
-                5,
-            ),
-        ],
-        grids={
-            "sgd": [0.05, 0.1, 0.2, 0.4, 0.8, 1.6],
-            "adamw": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2],
-            "sgd-schedulefree": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
-            "adamw-schedulefree": [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2],
-        },
-        cool_stage_a=[0.02, 0.04, 0.08, 0.16],
-        refine={"resnet20": [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0], "lstm": [0.5, 1.0, 2.0, 4.0]},
-        seeds=[0, 1, 2],
-        budgets=[1, 2, 10],
-        budget_seeds=[0, 1],
-        validation=10_000,
-    )
+    def workload(self, name: str) -> Workload:
+        return next(w for w in self.workloads if w.name == name)
 
 
-def small_plan() -> Plan:
-    """The full protocol at sizes that fit about 2 hours of 2 CPU cores: workloads 1 and 3
-    train the first 20,000 images for 3 epochs, workload 2 the first 5,000 for 4; the budget
-    runs show 1 and 6 epochs of workload 1."""
-    plan = full_plan()
-    sizes = {"convnet": (20_000, 3), "resnet20": (5_000, 4), "lstm": (20_000, 3)}
-    workloads = []
-    for w in plan.workloads:
-        subset, epochs = sizes[w.name]
-        title = w.title.split(", first ")[0] + f", first {subset:,} images"
-        workloads.append(dataclasses.replace(
-            w, title=title, settings={**w.settings, "train_subset": subset}, epochs=epochs))
-    return dataclasses.replace(plan, workloads=workloads, budgets=[1, 6])
+FASHION_MNIST = {"dataset": "fashion-mnist", "batch_size": 128, "eval_batch_size": 1000}
 
 
-PLANS = {"full": full_plan, "small": small_plan}
+def budgets_plan() -> Plan:
+    """The MLP at 1,560 / 7,800 / 50,000 steps with every arm, the convnet at 1 / 3 / 10
+    epochs (468 / 1,404 / 4,680 steps: the last partial batch of an epoch is dropped) with the
+    arms cut at the two longer budgets."""
+    adamw_family = [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3]
+    mlp = Workload(
+        "mlp", "Fashion-MNIST, MLP 784-256-256-10", {**FASHION_MNIST, "model": "mlp"},
+        (1560, 7800, 50_000),
+        {"sgd": [0.0125, 0.025, 0.05, 0.1, 0.2, 0.4], "adamw": adamw_family,
+         "sgd-schedulefree": [0.125, 0.25, 0.5, 1.0, 2.0, 4.0],
+         "adamw-schedulefree": adamw_family, "adamw-cooled": adamw_family,
+         **{arm: [0.0025, 0.005, 0.01, 0.02, 0.04, 0.08] for arm in COOLMOMENTUM_ARMS}},
+        extra_seeds={50_000: (2,)},
+    )  # fmt: skip
+    adamw_family = [2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2]
+    convnet = Workload(
+        "convnet", "Fashion-MNIST, convnet",
+        {**FASHION_MNIST, "model": "convnet", "recompute_batch_norm": SCHEDULE_FREE_BN_BATCHES},
+        (468, 1404, 4680),
+        {"sgd": [0.1, 0.2, 0.4, 0.8, 1.6, 3.2], "adamw": adamw_family,
+         "sgd-schedulefree": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
+         "adamw-schedulefree": [8e-3, 1.6e-2, 3.2e-2, 6.4e-2, 0.128, 0.256],
+         "adamw-cooled": adamw_family,
+         **{arm: [0.04, 0.08, 0.16, 0.32, 0.64, 1.28] for arm in COOLMOMENTUM_ARMS}},
+        later_arms=("sgd", "adamw-schedulefree", "adamw-cooled", *COOLMOMENTUM_ARMS,
+                    "coolmomentum-paper"),
+        later_shapes=2,
+    )  # fmt: skip
+    return Plan([mlp, convnet], validation=10_000, seeds=[0, 1], rho_0s=[0.9, 0.95],
+                archive="study_small.json")  # fmt: skip
+
+
+PLANS = {"budgets": budgets_plan}
 
 
 def quick_plan(data_dir: str | None) -> Plan:
-    """Every stage of the study on a few dozen images, one epoch, two baselines, one seed."""
-    plan = full_plan()
-    tiny = {"train_subset": 64, "test_subset": 64, "batch_size": 32, "eval_batch_size": 64}
-    return dataclasses.replace(
-        plan,
-        workloads=[
-            dataclasses.replace(w, settings={**w.settings, **tiny}, epochs=1)
-            for w in plan.workloads
-        ],
-        grids={name: plan.grids[name][2:3] for name in ("sgd", "sgd-schedulefree")},
-        cool_stage_a=[0.01],
-        refine={w.name: [1.0] for w in plan.workloads[1:]},
-        seeds=[0],
-        budgets=[1],
-        budget_seeds=[0],
-        validation=64,
-        data={"data_dir": data_dir, "sample_every_steps": 1},
-    )
-
-
-# Fixed per optimizer family (not tuned; stated in the results): coupled L2 for the SGD
-# family and CoolMomentum, decoupled decay for the AdamW family; warm-up over 5 % of the
-# steps where the method's authors prescribe one.
-WEIGHT_DECAY = {"sgd": 5e-4, "sgd-schedulefree": 5e-4, "coolmomentum": 5e-4, "adamw": 0.05,
-                "adamw-schedulefree": 0.05}  # fmt: skip
-WARMUP_FRACTION = {"adamw": 0.05, "sgd-schedulefree": 0.05, "adamw-schedulefree": 0.05}
-PAPER = {"optimizer": "coolmomentum", "lr": 0.01, "rho_0": 0.99, "schedule": "exponential"}
-VARIANT_DECAY_FRACTION = 0.2
-EDGE_EXTENSIONS = 2  # a grid whose best trial sits at an edge grows past it, at most this often
+    """Every stage of the study on a few dozen images, a few steps and fewer arms: the MLP
+    workload at two budgets, one lr per arm at the first, one CoolMomentum shape kept."""
+    mlp = budgets_plan().workloads[0]
+    arms = ("sgd", "adamw-cooled", "coolmomentum-linear-temperature", "coolmomentum-exponential")
+    tiny = {"train_subset": 64, "test_subset": 32, "batch_size": 16, "eval_batch_size": 32}
+    workload = dataclasses.replace(
+        mlp, settings={**mlp.settings, **tiny}, budgets=(4, 8),
+        grids={a: mlp.grids[a][2:3] for a in arms},
+        later_arms=(*arms, "coolmomentum-paper"), later_shapes=1, extra_seeds={8: (1,)},
+    )  # fmt: skip
+    return Plan([workload], validation=32, seeds=[0], rho_0s=[0.95], archive="study_small.json",
+                data={"data_dir": data_dir, "sample_every_steps": 1})  # fmt: skip
 
 
 def steps_per_epoch(workload: Workload, plan: Plan, split: str) -> int:
-    n = workload.settings.get("train_subset") or (
-        60_000 - (plan.validation if split == "val" else 0)
-    )
-    return n // workload.settings["batch_size"]
+    n = workload.settings.get("train_subset") or 60_000
+    return (n - (plan.validation if split == "val" else 0)) // workload.settings["batch_size"]
 
 
-def baseline(name: str, lr: float, workload: Workload, plan: Plan, epochs: int) -> dict[str, Any]:
-    """The OptimizerSpec fields of a baseline at ``lr``, with its family's fixed settings."""
-    spec: dict[str, Any] = {"optimizer": name, "lr": lr, "weight_decay": WEIGHT_DECAY[name]}
-    if name in ("sgd", "adamw"):
-        spec["lr_schedule"] = "cosine"
-    if name == "sgd":
-        spec["momentum"] = 0.9
-    if name in WARMUP_FRACTION:
-        steps = steps_per_epoch(workload, plan, "val") * epochs
-        spec["lr_warmup_steps"] = round(WARMUP_FRACTION[name] * steps)
-    return spec
-
-
-def cool(lr: float, schedule: str, variant: bool = False) -> dict[str, Any]:
-    spec = {"optimizer": "coolmomentum", "lr": lr, "rho_0": 0.99, "schedule": schedule,
-            "weight_decay": WEIGHT_DECAY["coolmomentum"]}  # fmt: skip
-    if variant:
-        spec.update(lr_schedule="wsd", lr_decay_fraction=VARIANT_DECAY_FRACTION)
-    return spec
-
-
-# --- the plan, stage by stage: each stage needs the results of the one before --------------
-
-Results = dict[str, TrialResult]
-
-
-def _best(runs: Iterable[Trial], results: Results) -> Trial | None:
-    """The run with the highest final validation accuracy (None until all have finished)."""
-    runs = list(runs)
-    if not all(r.id in results for r in runs):
-        return None
-    return max(runs, key=lambda r: score(results[r.id]))
+def trial_steps(trial: Trial, plan: Plan) -> int:
+    """A trial's optimizer steps: its budget, or for tuning as many epochs of the smaller
+    training set."""
+    workload = plan.workload(trial.workload)
+    if trial.split == "test":
+        return trial.budget
+    ratio = steps_per_epoch(workload, plan, "val") / steps_per_epoch(workload, plan, "test")
+    return max(1, round(trial.budget * ratio))
 
 
 def score(result: TrialResult) -> float:
-    """A trial's final accuracy; a trial that diverged scores 0 (chosen last, and counted as a
-    failure in the variant's verdict)."""
+    """A trial's final accuracy; a trial that diverged scores 0 (chosen last)."""
     return 0.0 if result.final_acc is None else result.final_acc
 
 
-def tuning_runs(plan: Plan, results: Results) -> dict[str, dict[str, list[Trial]]]:
-    """Per workload and optimizer, its tuning runs (those that can be planned yet)."""
-    first, *others = plan.workloads
-    tune: dict[str, dict[str, list[Trial]]] = {w.name: {} for w in plan.workloads}
-    for name, grid in plan.grids.items():
+def effective_step_integral(settings: dict[str, Any], steps: int) -> float:
+    """The mean over a run's steps of CoolMomentum's effective step factor
+    ``(1 + rho) / (2 (1 - rho))`` (times lr: the effective step); 1 for the optimizers whose
+    step is lr itself."""
+    if settings["optimizer"] != "coolmomentum":
+        return 1.0
+    cooling = Schedule.create(settings.get("rho_0", 0.99), steps, None,
+                              settings.get("schedule", "exponential"))  # fmt: skip
+    warmup = settings.get("momentum_warmup_steps", 0)
+    total = 0.0
+    for k in range(steps):
+        rho = 0.0 if k < warmup else float(cooling(k))
+        total += (1 + rho) / (2 * (1 - rho))
+    return total / steps
 
-        def tried(lr: float, n: str = name) -> Trial:
-            return Trial(first.name, n, baseline(n, lr, first, plan, first.epochs))
 
-        tune[first.name][name] = _extended(grid, tried, results)
-    stage_a = _extended(
-        plan.cool_stage_a,
-        lambda lr: Trial(first.name, "coolmomentum", cool(lr, "exponential")), results,
-    )  # fmt: skip
-    tune[first.name]["coolmomentum"] = stage_a
-    best_a = _best(stage_a, results)
-    if best_a is not None:
-        tune[first.name]["coolmomentum"] = stage_a + [
-            Trial(first.name, "coolmomentum", cool(best_a.optimizer["lr"], s))
-            for s in SCHEDULES[1:]
-        ]
-    choice_1 = {name: _best(runs, results) for name, runs in tune[first.name].items()}
-    for workload in others:
-        for name, chosen in choice_1.items():
-            if chosen is None:
-                continue
-            lrs = [chosen.optimizer["lr"] * f for f in plan.refine[workload.name]]
-            schedule = chosen.optimizer.get("schedule")
+# --- the stages ------------------------------------------------------------------------------
 
-            def make(lr: float, n: str = name, w: Workload = workload, s: Any = schedule) -> Trial:
-                spec = cool(lr, s) if n == "coolmomentum" else baseline(n, lr, w, plan, w.epochs)
-                return Trial(w.name, n, spec)
 
-            tune[workload.name][name] = _extended(lrs, make, results)
-    return tune
+@dataclass
+class BudgetStage:
+    """The trials of one workload at one budget, as far as they can be planned."""
+
+    workload: Workload
+    budget: int
+    tune: dict[str, list[Trial]]  # per tuned arm, its trials (lr order; rho_0 and warm-up after)
+    choices: dict[str, Trial | None]  # per tuned arm, its best trial (None until all finished)
+    integral: list[Trial] = field(default_factory=list)
+    first_n: int = 0  # N of the row "best of the first N"
+    finals: dict[str, list[Trial]] = field(default_factory=dict)  # per row, one trial per seed
+
+    def trials(self) -> list[Trial]:
+        found = [t for ts in self.tune.values() for t in ts] + self.integral
+        return found + [t for ts in self.finals.values() for t in ts]
+
+
+def _best(trials: Iterable[Trial], results: Results) -> Trial | None:
+    """The trial with the highest score (None until all have finished)."""
+    trials = list(trials)
+    if not trials or not all(t.id in results for t in trials):
+        return None
+    return max(trials, key=lambda t: score(results[t.id]))
 
 
 def _extended(lrs: list[float], make: Callable[[float], Trial], results: Results) -> list[Trial]:
-    """The runs ``make(lr)`` of a grid, extended by a factor of 2 past its edge while the best
-    finished trial sits at that edge, at most ``EDGE_EXTENSIONS`` times."""
+    """The trials ``make(lr)`` of a grid, extended by a factor of 2 past its edge while the
+    best finished trial sits at that edge, at most ``EDGE_EXTENSIONS`` times."""
     lrs = sorted(lrs)
     for _ in range(EDGE_EXTENSIONS):
         best = _best([make(lr) for lr in lrs], results)
@@ -259,122 +299,162 @@ def _extended(lrs: list[float], make: Callable[[float], Trial], results: Results
     return [make(lr) for lr in lrs]
 
 
-def chosen_settings(plan: Plan, results: Results) -> dict[str, dict[str, Trial | None]]:
-    """Per workload and optimizer, its best tuning run (None until its trials finished)."""
-    tune = tuning_runs(plan, results)
-    return {
-        w.name: {name: _best(runs, results) for name, runs in tune[w.name].items()}
-        for w in plan.workloads
-    }
+def _local(lr: float) -> list[float]:
+    return [lr / 2, lr, lr * 2]
 
 
-def variant_runs(plan: Plan, choices: dict[str, dict[str, Trial | None]]) -> list[Trial]:
-    """The tuned CoolMomentum and the variant, on validation, over seeds (seed 0 of the tuned
-    arm is its tuning run)."""
-    runs = []
+class _Maker:
+    """Trials of one workload at one budget."""
+
+    def __init__(self, plan: Plan, workload: Workload, budget: int) -> None:
+        self.plan, self.workload, self.budget = plan, workload, budget
+        digest = json.dumps([workload.settings, plan.validation], sort_keys=True)
+        self.context = hashlib.sha256(digest.encode()).hexdigest()[:8]
+
+    def trial(self, arm: Arm, settings: dict[str, Any], **fields: Any) -> Trial:
+        draft = Trial(self.workload.name, arm.label, {}, budget=self.budget,
+                      context=self.context, **fields)  # fmt: skip
+        return dataclasses.replace(draft, optimizer=self.sized(arm, settings, draft))
+
+    def sized(self, arm: Arm, settings: dict[str, Any], trial: Trial) -> dict[str, Any]:
+        """``settings`` with the warm-ups sized to ``trial``'s steps."""
+        steps = trial_steps(trial, self.plan)
+        sized = dict(settings)
+        if arm.warmup_fraction:
+            sized["lr_warmup_steps"] = round(arm.warmup_fraction * steps)
+        if sized.get("momentum_warmup_steps"):
+            sized["momentum_warmup_steps"] = max(1, round(MOMENTUM_WARMUP_FRACTION * steps))
+        return sized
+
+    def grid(
+        self, arm: Arm, lrs: list[float], base: dict[str, Any], results: Results
+    ) -> list[Trial]:
+        return _extended(lrs, lambda lr: self.trial(arm, {**base, "lr": lr}), results)
+
+
+def _arms_at(
+    workload: Workload, index: int, first: BudgetStage | None, results: Results
+) -> list[Arm]:
+    """The tuned arms of a budget: all at the first, then ``later_arms`` with the
+    ``later_shapes`` best CoolMomentum shapes of the first budget (none until it is known)."""
+    arms = [a for a in ARMS.values() if a.tuned and a.label in workload.grids]
+    if index == 0 or first is None:
+        return arms
+    if workload.later_arms is not None:
+        arms = [a for a in arms if a.label in workload.later_arms]
+    shapes = [a for a in arms if a.coolmomentum]
+    chosen = [first.choices.get(a.label) for a in shapes]
+    if any(c is None for c in chosen):
+        return [a for a in arms if not a.coolmomentum]
+    ranked = sorted(shapes, key=lambda a: -score(results[first.choices[a.label].id]))  # type: ignore[union-attr]
+    kept = {a.label for a in ranked[: workload.later_shapes]}
+    return [a for a in arms if not a.coolmomentum or a.label in kept]
+
+
+def _first_budget_extras(stage: BudgetStage, maker: _Maker, results: Results) -> None:
+    """The best CoolMomentum shape's rho_0 grids and, where its hot start failed, a momentum
+    warm-up; then each other shape at the best one's integral of the effective step."""
+    shapes = [label for label in COOLMOMENTUM_ARMS if label in stage.tune]
+    bests = {label: _best(stage.tune[label], results) for label in shapes}
+    if not shapes or any(b is None for b in bests.values()):
+        return
+    ranked = sorted(shapes, key=lambda label: -score(results[bests[label].id]))  # type: ignore[union-attr]
+    label = ranked[0]
+    arm, best = ARMS[label], bests[label]
+    assert best is not None
+    lr = best.optimizer["lr"]
+    base = {k: v for k, v in best.optimizer.items() if k != "lr"}
+    extra = [t for rho_0 in maker.plan.rho_0s
+             for t in maker.grid(arm, _local(lr), {**base, "rho_0": rho_0}, results)]  # fmt: skip
+    hotter = [t for t in stage.tune[label] if t.optimizer["lr"] > lr]
+    if any(score(results[t.id]) < COLLAPSED_BELOW for t in hotter):
+        warm = {**base, "momentum_warmup_steps": 1}  # sized by the maker
+        extra += [maker.trial(arm, {**warm, "lr": x}) for x in (lr, 2 * lr)]
+    stage.tune[label] = stage.tune[label] + extra
+    winner = _best(stage.tune[label], results)
+    if winner is None:
+        return
+    steps = trial_steps(winner, maker.plan)
+    target = winner.optimizer["lr"] * effective_step_integral(winner.optimizer, steps)
+    for other in ranked[1:]:
+        settings = {k: v for k, v in ARMS[other].settings.items()}
+        per_lr = effective_step_integral(settings, steps)
+        stage.integral.append(
+            maker.trial(ARMS[other], {**settings, "lr": target / per_lr}, stage="integral")
+        )
+
+
+def _finals(stage: BudgetStage, maker: _Maker, plan: Plan, results: Results) -> None:
+    """The final runs of every choice, the paper's settings, and the two CoolMomentum rows."""
+    seeds = [*plan.seeds, *stage.workload.extra_seeds.get(stage.budget, ())]
+    rows: dict[str, tuple[Arm, dict[str, Any]]] = {
+        label: (ARMS[label], trial.optimizer) for label, trial in stage.choices.items()
+        if trial is not None
+    }  # fmt: skip
+    paper = ARMS["coolmomentum-paper"]
+    rows[paper.label] = (paper, paper.settings)
+    ordered = [t for label in COOLMOMENTUM_ARMS for t in stage.tune.get(label, [])]
+    rivals = [len(ts) for label, ts in stage.tune.items() if not ARMS[label].coolmomentum]
+    stage.first_n = max(rivals, default=0)
+    for row, pool in ((FIRST_N_LABEL, ordered[: stage.first_n]), (BEST_LABEL, ordered)):
+        best = _best(pool, results)
+        if best is not None:
+            rows[row] = (ARMS[best.label], best.optimizer)
+    for row, (arm, settings) in rows.items():
+        # A CoolMomentum row that is an arm's choice shares that arm's final runs.
+        label = next((a for a, (_, s) in rows.items() if s == settings and a in ARMS), row)
+        stage.finals[row] = [
+            maker.trial(arm, settings, seed=seed, split="test", stage="final")
+            for seed in seeds
+        ]
+        stage.finals[row] = [dataclasses.replace(t, label=label) for t in stage.finals[row]]
+
+
+def stages(plan: Plan, results: Results) -> list[BudgetStage]:
+    """Every workload's budgets as far as they can be planned with ``results``."""
+    out: list[BudgetStage] = []
     for workload in plan.workloads:
-        tuned = choices[workload.name].get("coolmomentum")
-        if tuned is None:
-            continue
-        variant = cool(tuned.optimizer["lr"], tuned.optimizer["schedule"], variant=True)
-        for seed in plan.seeds:
-            base = tuned if seed == tuned.seed else dataclasses.replace(tuned, seed=seed)
-            runs += [base, Trial(workload.name, "coolmomentum-wsd", variant, seed, stage="variant")]
-    return runs
-
-
-def variant_verdict(
-    plan: Plan, results: Results, choices: dict[str, dict[str, Trial | None]]
-) -> dict[str, dict[str, Any]] | None:
-    """Per workload: the variant's and the tuned setting's validation accuracy over seeds,
-    and whether the variant is ahead by more than the larger seed standard deviation (None
-    until every variant run has finished)."""
-    runs = variant_runs(plan, choices)
-    if len(runs) < 2 * len(plan.seeds) * len(plan.workloads) or any(
-        r.id not in results for r in runs
-    ):
-        return None
-    verdict = {}
-    for workload in plan.workloads:
-        arms: dict[str, list[float]] = {"coolmomentum": [], "coolmomentum-wsd": []}
-        for run in runs:
-            if run.workload == workload.name:
-                arms[run.label].append(score(results[run.id]))
-        base, var = arms["coolmomentum"], arms["coolmomentum-wsd"]
-        verdict[workload.name] = {
-            "coolmomentum": base,
-            "coolmomentum-wsd": var,
-            "ahead": statistics.mean(var) - statistics.mean(base) > max(std(base), std(var)),
-        }
-    return verdict
-
-
-def final_rows(
-    plan: Plan,
-    choices: dict[str, Trial | None],
-    verdict: dict[str, dict[str, Any]],
-    workload: Workload,
-) -> dict[str, dict[str, Any]]:
-    """The settings of the final runs of ``workload``: each optimizer's choice (its warm-up
-    sized for the final runs' training set), the paper's settings, and the variant if it
-    won on validation."""
-    rows: dict[str, dict[str, Any]] = {}
-    for name, run in choices.items():
-        assert run is not None
-        rows[name] = _for_length(run.optimizer, workload, plan, workload.epochs)
-    rows["coolmomentum-paper"] = PAPER
-    if sum(v["ahead"] for v in verdict.values()) >= 2:
-        tuned = choices["coolmomentum"]
-        assert tuned is not None
-        rows["coolmomentum-wsd"] = cool(tuned.optimizer["lr"], tuned.optimizer["schedule"], True)
-    return rows
+        previous: BudgetStage | None = None
+        first: BudgetStage | None = None
+        for index, budget in enumerate(workload.budgets):
+            maker = _Maker(plan, workload, budget)
+            stage = BudgetStage(workload, budget, {}, {})
+            for arm in _arms_at(workload, index, first, results):
+                if previous is None:
+                    lrs, base = workload.grids[arm.label], arm.settings
+                else:
+                    before = previous.choices.get(arm.label)
+                    if before is None:
+                        continue
+                    lrs = _local(before.optimizer["lr"])
+                    base = {k: v for k, v in before.optimizer.items() if k != "lr"}
+                stage.tune[arm.label] = maker.grid(arm, lrs, base, results)
+            if index == 0:
+                _first_budget_extras(stage, maker, results)
+            stage.choices = {label: _best(ts, results) for label, ts in stage.tune.items()}
+            complete = bool(stage.tune) and all(c is not None for c in stage.choices.values())
+            if complete:
+                _finals(stage, maker, plan, results)
+            out.append(stage)
+            if not complete:
+                break  # the later budgets start from this one's choices
+            previous = stage
+            first = first or stage
+    return out
 
 
 def planned_trials(plan: Plan, results: Results) -> list[Trial]:
-    """Every run that can be planned with the results so far."""
-    tune = tuning_runs(plan, results)
-    choices = chosen_settings(plan, results)
-    runs = [r for per_workload in tune.values() for rs in per_workload.values() for r in rs]
-    runs += variant_runs(plan, choices)
-    verdict = variant_verdict(plan, results, choices)
-    if verdict is None:
-        return _unique(runs)  # the final runs wait for every choice and the variant's verdict
-    budget = []  # run after every final run
-    for workload in plan.workloads:
-        rows = final_rows(plan, choices[workload.name], verdict, workload)
-        for label, spec in rows.items():
-            for seed in plan.seeds:
-                runs.append(Trial(workload.name, label, spec, seed, "test", stage="final"))
-        if workload is plan.workloads[0]:
-            for epochs in plan.budgets:
-                for label, spec in rows.items():
-                    sized = _for_length(spec, workload, plan, epochs)
-                    for seed in plan.budget_seeds:
-                        budget.append(Trial(workload.name, label, sized, seed, "test", epochs,
-                                          "budget"))  # fmt: skip
-    return _unique(runs + budget)
+    """Every trial that can be planned with ``results``, without repeats, in the order they
+    should run: tuning and finals budget by budget, the extra seeds last."""
+    trials: dict[str, Trial] = {}
+    extra: dict[str, Trial] = {}
+    for stage in stages(plan, results):
+        for trial in stage.trials():
+            later = trial.seed not in plan.seeds and trial.stage == "final"
+            (extra if later else trials).setdefault(trial.id, trial)
+    return list(trials.values()) + [t for i, t in extra.items() if i not in trials]
 
 
-def _unique(runs: list[Trial]) -> list[Trial]:
-    """``runs`` without repeats (the tuned setting's run serves tuning and the variant test)."""
-    return list({run.id: run for run in runs}.values())
-
-
-def _for_length(
-    spec: dict[str, Any], workload: Workload, plan: Plan, epochs: int, split: str = "test"
-) -> dict[str, Any]:
-    """``spec`` with its warm-up re-sized to a run of ``epochs`` on ``split``'s training set
-    (lr is not re-tuned; cooling and cosine follow the run's length by themselves)."""
-    name = spec["optimizer"]
-    if name not in WARMUP_FRACTION:
-        return spec
-    steps = steps_per_epoch(workload, plan, split) * epochs
-    return {**spec, "lr_warmup_steps": round(WARMUP_FRACTION[name] * steps)}
-
-
-def plan_name(plan: Plan) -> str:
-    """A folder name that changes with every setting of the plan."""
-    settings = json.dumps(dataclasses.asdict(plan), sort_keys=True, default=str)
-    return "plan-" + hashlib.sha256(settings.encode()).hexdigest()[:12]
-
-
+def plan_name(plan: Plan, quick: bool) -> str:
+    """The plan's folder: one per plan, whatever its settings (the trials' ids carry them)."""
+    return "quick" if quick else "budgets"

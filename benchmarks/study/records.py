@@ -7,11 +7,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrialResult", "load_results", "mean_std", "std", "write_json"]
+__all__ = [
+    "Archive",
+    "TrialResult",
+    "load_results",
+    "mean_std",
+    "std",
+    "write_json",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,28 @@ def load_results(work: Path) -> dict[str, TrialResult]:
         return {}
     return {p.stem: TrialResult.from_json(json.loads(p.read_text()))
             for p in sorted(done.glob("*.json"))}  # fmt: skip
+
+
+class Archive:
+    """The record of a study that survives a new machine: every finished trial, its settings
+    and results (no checkpoints), and the wall time of all the invocations so far, in one
+    file small enough to commit. A study reads it first, so that it continues with an empty
+    folder of runs, and rewrites it as each trial ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        self.results = {t["id"]: TrialResult.from_json(t) for t in data.get("trials", [])}
+        self.earlier_seconds = float(data.get("wall_seconds", 0.0))
+        self.started = time.time()
+
+    def wall_seconds(self) -> float:
+        """The wall time of the earlier invocations and of this one so far."""
+        return self.earlier_seconds + time.time() - self.started
+
+    def save(self, results: dict[str, TrialResult]) -> None:
+        trials = [results[i].to_json() for i in sorted(results)]
+        write_json(self.path, {"wall_seconds": self.wall_seconds(), "trials": trials})
 
 
 def std(values: list[float]) -> float:

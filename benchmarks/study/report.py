@@ -1,277 +1,430 @@
-"""The study's results files: the tables (Markdown), the records (JSON) and the figures,
-from the results of the trials, in the order of the plan."""
+"""The study's results files: the records (JSON), the tables (Markdown) and the figures, from
+the results of the trials, in the order of the plan.
+
+Every record of ``study.json`` names ``workload``, ``optimizer`` (the row), ``setting`` (a
+CoolMomentum row's cooling schedule, a rival's learning-rate schedule), ``hyperparameters``
+(the final runs' settings), ``steps`` (optimizer steps of a final run), ``trials`` (the
+tuning trials behind the setting), ``seeds``, ``test_acc``, ``train_loss`` (over the whole
+training set in evaluation mode at the end) and ``seconds`` (of training, mean per run).
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 from pathlib import Path
 from typing import Any
 
 from coolmomentum import _plot
+from coolmomentum.experiments.optimizers import KINDS
 
 from .plan import (
-    VARIANT_DECAY_FRACTION,
+    ARMS,
+    BEST_LABEL,
+    COLLAPSED_BELOW,
+    COOLMOMENTUM_ARMS,
+    FIRST_N_LABEL,
+    BudgetStage,
     Plan,
     Results,
     Trial,
-    Workload,
-    chosen_settings,
+    effective_step_integral,
     planned_trials,
     score,
-    tuning_runs,
-    variant_verdict,
+    stages,
+    steps_per_epoch,
+    trial_steps,
 )
 from .records import TrialResult, mean_std, write_json
 
-__all__ = ["summarize", "write_results"]
+__all__ = ["ARCHIVED", "archived_records", "records", "write_results"]
+
+# Workloads of the study's earlier plan, kept at the one budget they had: their final rows
+# are read from its results file. Steps: 5,000 images in batches of 32 for 4 epochs; 20,000
+# in batches of 128 for 3 epochs.
+ARCHIVED = {"resnet20": ("ResNet-20", 624), "lstm": ("LSTM", 468)}
+ROW_TITLES = {
+    FIRST_N_LABEL: "CoolMomentum, best of the first N trials",
+    BEST_LABEL: "CoolMomentum, best of all trials",
+}
 
 
-def _acc(value: float | None) -> str:
-    return "diverged" if value is None else f"{value:.4f}"
+def setting_name(settings: dict[str, Any]) -> str:
+    """A row's ``setting``: CoolMomentum's cooling schedule, else the learning-rate schedule."""
+    if settings["optimizer"] == "coolmomentum":
+        return str(settings.get("schedule", "exponential"))
+    if KINDS[settings["optimizer"]].schedule_free:
+        return "schedule-free"
+    return str(settings.get("lr_schedule", "constant"))
 
 
-def describe(spec: dict[str, Any]) -> str:
-    name = spec["optimizer"]
-    parts = [f"lr {spec['lr']:g}"]
-    if name == "coolmomentum":
-        parts.append(f"rho_0 {spec.get('rho_0', 0.99)}, {spec.get('schedule', 'exponential')}")
-        if spec.get("lr_schedule") == "wsd":
-            parts.append(f"then lr to 0 over the last {spec['lr_decay_fraction']:.0%}")
-    elif name in ("sgd", "adamw"):
-        parts.append("cosine to 0")
-    else:
-        parts.append("schedule-free")
-    if spec.get("lr_warmup_steps"):
-        parts.append(f"warm-up {spec['lr_warmup_steps']} steps")
-    if spec.get("weight_decay"):
-        parts.append(f"wd {spec['weight_decay']:g}")
+def describe(settings: dict[str, Any]) -> str:
+    """A setting in a few words: lr, the schedules, warm-ups, weight decay."""
+    parts = [f"lr {settings['lr']:g}"]
+    if settings.get("schedule"):
+        parts.append(f"{settings['schedule']} from rho_0 {settings.get('rho_0')}")
+    if settings["optimizer"] != "coolmomentum":
+        parts.append(setting_name(settings))
+    if settings.get("momentum_warmup_steps"):
+        parts.append(f"momentum 0 for {settings['momentum_warmup_steps']} steps")
+    if settings.get("lr_warmup_steps"):
+        parts.append(f"lr warm-up {settings['lr_warmup_steps']} steps")
+    if settings.get("weight_decay"):
+        parts.append(f"wd {settings['weight_decay']:g}")
     return ", ".join(parts)
 
 
-def setting_record(spec: dict[str, Any]) -> dict[str, Any]:
-    """The setting of a results record, naming its learning-rate schedule."""
-    if spec["optimizer"] in ("sgd-schedulefree", "adamw-schedulefree"):
-        return {**spec, "lr_schedule": "schedule-free"}
-    return {**spec, "lr_schedule": spec.get("lr_schedule", "constant")}
+def _accuracy(result: TrialResult | None) -> str:
+    if result is None:
+        return "-"
+    return "diverged" if result.final_acc is None else f"{result.final_acc:.4f}"
 
 
-def summarize(plan: Plan, results: Results) -> dict[str, Any]:
-    """Tables of the finished study, as data."""
-    tune = tuning_runs(plan, results)
-    choices = chosen_settings(plan, results)
-    records: list[dict[str, Any]] = []
-    finals: dict[str, dict[str, list[TrialResult]]] = {}
-    for run in planned_trials(plan, results):  # the plan's order, whatever order runs ended in
-        if run.stage in ("final", "budget") and run.id in results:
-            key = run.label if run.stage == "final" else f"{run.label}@{run.epochs}"
-            finals.setdefault(run.workload, {}).setdefault(key, []).append(results[run.id])
-    for workload in plan.workloads:
-        for rs in finals.get(workload.name, {}).values():
-            rs.sort(key=lambda r: r.trial["seed"])
-            run = Trial(**rs[0].trial)
-            record = {
-                "workload": workload.name,
-                "optimizer": run.label,
-                "setting": setting_record(run.optimizer),
-                "seeds": [r.trial["seed"] for r in rs],
-                "test_acc": [r.final_acc for r in rs],
-                "train_loss": [r.train_loss for r in rs],
-                "seconds": statistics.mean(r.seconds for r in rs),
-            }
-            if run.stage == "budget":
-                record["budget_epochs"] = run.epochs
-            records.append(record)
-    return {"tune": tune, "choices": choices, "records": records, "finals": finals}
+def _trial_count(stage: BudgetStage, row: str) -> int:
+    """The tuning trials behind a row: its arm's; N; every CoolMomentum trial; none."""
+    if row == FIRST_N_LABEL:
+        return stage.first_n
+    if row == BEST_LABEL:
+        return sum(len(stage.tune.get(label, [])) for label in COOLMOMENTUM_ARMS)
+    return len(stage.tune.get(row, []))
+
+
+def records(plan: Plan, results: Results) -> list[dict[str, Any]]:
+    """One record per final row with every seed finished, in the plan's order."""
+    out = []
+    for stage in stages(plan, results):
+        for row, trials in stage.finals.items():
+            if not all(t.id in results for t in trials):
+                continue
+            done = [results[t.id] for t in trials]
+            out.append({
+                "workload": stage.workload.name,
+                "optimizer": row,
+                "setting": setting_name(trials[0].optimizer),
+                "hyperparameters": trials[0].optimizer,
+                "steps": stage.budget,
+                "trials": _trial_count(stage, row),
+                "seeds": [t.seed for t in trials],
+                "test_acc": [r.final_acc for r in done],
+                "train_loss": [r.train_loss for r in done],
+                "seconds": statistics.mean(r.seconds for r in done),
+            })  # fmt: skip
+    return out
+
+
+def archived_records(path: Path) -> list[dict[str, Any]]:
+    """The final rows of :data:`ARCHIVED` workloads from the earlier plan's results (its
+    ``.json`` and, for the trial counts, its tuning tables in the ``.md`` beside it), in this
+    study's schema."""
+    if not path.is_file():
+        return []
+    import json
+
+    counts = _tuning_counts(path.with_suffix(".md"))
+    out = []
+    for r in json.loads(path.read_text()):
+        if r["workload"] not in ARCHIVED or "budget_epochs" in r:
+            continue
+        settings = {k: v for k, v in r["setting"].items() if k != "lr_schedule"}
+        out.append({
+            "workload": r["workload"], "optimizer": r["optimizer"],
+            "setting": setting_name(settings), "hyperparameters": settings,
+            "steps": ARCHIVED[r["workload"]][1],
+            "trials": counts.get((r["workload"], r["optimizer"]), 0),
+            "seeds": r["seeds"], "test_acc": r["test_acc"], "train_loss": r["train_loss"],
+            "seconds": r["seconds"], "archived": path.name,
+        })  # fmt: skip
+    return out
+
+
+def _tuning_counts(md: Path) -> dict[tuple[str, str], int]:
+    """``(workload, optimizer): rows`` of the tuning tables of the earlier plan's report."""
+    counts: dict[tuple[str, str], int] = {}
+    workload, tuning = None, False
+    for line in md.read_text().splitlines() if md.is_file() else []:
+        if line.startswith("## "):
+            workload = next((k for k, (name, _) in ARCHIVED.items() if name in line), None)
+        elif line.startswith("### "):
+            tuning = line.startswith("### Tuning")
+        elif workload and tuning and (m := re.match(r"\| ([\w-]+) \| lr ", line)):
+            key = (workload, m.group(1))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def write_results(
-    plan: Plan, results: Results, out: Path, command: str, wall_hours: float, quick: bool
+    plan: Plan, results: Results, out: Path, command: str, wall_hours: float, prefix: str
 ) -> None:
+    """Write ``<prefix>.json``, ``<prefix>.md`` and the figures into ``out``."""
     from coolmomentum._io import atomic_write
-    from coolmomentum.experiments.optimizers import SCHEDULE_FREE_BN_BATCHES
 
-    s = summarize(plan, results)
     out.mkdir(parents=True, exist_ok=True)
-    prefix = "study_quick" if quick else "study"
-    records = s["records"]
-    write_json(out / f"{prefix}.json", records)
-    used = {r.id: results[r.id] for r in planned_trials(plan, results) if r.id in results}
-    unused = len(results) - len(used)
-    unused_note = (f" (and {unused} finished runs that no stage uses: planned from a "
-                   "choice that changed when a grid grew past its edge)") if unused else ""
-    lines = [
-        "# The optimizer study",
-        "",
-        f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, torch {_torch_version()}; CPU only. "
-        f"Wall time: {wall_hours:.1f} h over all invocations. "
-        f"Runs: {len(used)}, {sum(r.seconds for r in used.values()) / 3600:.1f} h of "
-        f"training in all{unused_note}. Seconds were measured while other work shared the "
-        "machine: compare them within a table, not with other files." + _reuse_note(used),
-        "",
-        "Protocol: see the docstring of `benchmarks/study/__init__.py`. Tuning reads only the "
-        f"validation split (the last {plan.validation:,} training images); the test set is read "
-        "only by the final and budget runs, which train on all the workload's training images "
-        "(the held-out ones given back; a subset in a title is the first N). Weight decay is "
-        "fixed per family (5e-4 coupled for SGD, schedule-free SGD and CoolMomentum; 0.05 "
-        "decoupled for AdamW and schedule-free AdamW); AdamW and both schedule-free optimizers "
-        "warm up over 5 % of the steps. Schedule-free runs are evaluated at their averaged "
-        "weights. Batch norm's statistics are recomputed at the evaluated weights "
-        f"({SCHEDULE_FREE_BN_BATCHES} batches) for every optimizer on the workloads with batch "
-        "norm, for schedule-free on all.",
-        "",
-    ]
-    pending = [r for r in planned_trials(plan, results) if r.id not in results]
-    if pending:
-        lines[2:2] = [
-            f"**Partial results**: {len(results)} runs finished; {len(pending)} more are "
-            "planned at the stage reached, and the later stages follow from them. Tables "
-            "show the runs finished; a stage not reached has no table.",
-            "",
-        ]
+    found = records(plan, results)
+    earlier = archived_records(out / plan.archive) if plan.archive else []
+    write_json(out / f"{prefix}.json", found + earlier)
+    all_stages = stages(plan, results)
+    lines = _header(plan, results, command, wall_hours)
     for workload in plan.workloads:
-        lines += [f"## {workload.title} ({workload.epochs} epochs)", ""]
-        lines += ["### Tuning (final validation accuracy, seed 0)", ""]
-        lines += ["| optimizer | setting | val acc |", "|---|---|---:|"]
-        for name, runs in s["tune"][workload.name].items():
-            chosen = s["choices"][workload.name].get(name)
-            for run in runs:
-                if run.id in results:
-                    mark = " **(chosen)**" if chosen is not None and run.id == chosen.id else ""
-                    lines.append(
-                        f"| {name} | {describe(run.optimizer)}{mark} "
-                        f"| {_acc(results[run.id].final_acc)} |"
-                    )
-        lines += ["", "### Final runs (test set)", ""]
-        lines += [
-            "| optimizer | setting | seeds | test acc | train loss (eval mode) | s/run |",
-            "|---|---|---|---:|---:|---:|",
-        ]
-        for r in records:
-            if r["workload"] == workload.name and "budget_epochs" not in r:
-                lines.append(
-                    f"| {r['optimizer']} | {describe(r['setting'])} | {r['seeds']} "
-                    f"| {mean_std(r['test_acc'])} | {mean_std(r['train_loss'])} "
-                    f"| {r['seconds']:.0f} |"
-                )
-        lines.append("")
-    lines += _variant_section(plan, results)
-    lines += _budget_section(plan, records)
-    figures = _figures(plan, results, s)
+        lines += [f"## {workload.title}", ""]
+        for stage in (s for s in all_stages if s.workload is workload):
+            lines += _stage_section(plan, stage, results)
+    lines += _length_section(plan, found, earlier)
+    lines += _gap_section(plan, all_stages, results, earlier)
+    lines += _first_budget_section(plan, all_stages, results)
+    figures = {"gap": _gap_figure(plan, all_stages, results, earlier)}
+    for stage in all_stages:
+        if stage.budget == stage.workload.budgets[0]:
+            figures[stage.workload.name] = _lr_figure(stage, results)
     for name, png in figures.items():
-        atomic_write(out / f"{prefix}_{name}.png", png)
-        lines.append(f"![{name}]({prefix}_{name}.png)")
+        if png is not None:
+            atomic_write(out / f"{prefix}_{name}.png", png)
+            lines.append(f"![{name}]({prefix}_{name}.png)")
     lines.append("")
     atomic_write(out / f"{prefix}.md", "\n".join(lines))
 
 
-def _reuse_note(results: Results) -> str:
-    """Which runs were taken from an earlier plan's folder (``--reuse``), if any."""
-    sources: dict[str, int] = {}
-    for r in results.values():
-        if r.reused_from is not None:
-            sources[r.reused_from] = sources.get(r.reused_from, 0) + 1
-    if not sources:
-        return ""
-    taken = ", ".join(f"{n} from `{name}`" for name, n in sorted(sources.items()))
-    return (f" Of the runs, {taken} were finished by an earlier study with every harness "
-            "setting the same (`--reuse`): their time counts in the hours of training but not "
-            "in the wall time.")  # fmt: skip
-
-
-def _torch_version() -> str:
+def _header(plan: Plan, results: Results, command: str, wall_hours: float) -> list[str]:
     import torch
 
-    return torch.__version__
-
-
-def _variant_section(plan: Plan, results: Results) -> list[str]:
-    verdict = variant_verdict(plan, results, chosen_settings(plan, results))
-    if verdict is None:
-        return []
+    planned = planned_trials(plan, results)
+    used = [results[t.id] for t in planned if t.id in results]
+    pending = len(planned) - len(used)
     lines = [
-        "## Cooling on to zero: the variant, on validation",
+        "# The optimizer study: CoolMomentum against run length",
         "",
-        f"`coolmomentum-wsd`: the tuned CoolMomentum setting, its rho cooled over the first "
-        f"{1 - VARIANT_DECAY_FRACTION:.0%} of the steps, then the step lowered linearly to 0. "
-        "Offered in the library only if it is ahead on at least 2 of the 3 workloads by more "
-        "than the seed standard deviation.",
+        f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__}; CPU only. Wall time: "
+        f"{wall_hours:.1f} h over all invocations. Trials: {len(used)}, "
+        f"{sum(r.seconds for r in used) / 3600:.1f} h of training in all. Seconds were "
+        "measured while other work shared the machine: compare them within a table only.",
         "",
-        "| workload | tuned CoolMomentum (val acc) | variant (val acc) | ahead |",
-        "|---|---:|---:|---|",
+        "Protocol: the docstrings of `benchmarks/study/__init__.py` and `plan.py`. Tuning reads "
+        f"only the validation split (the last {plan.validation:,} training images) and trains "
+        "as many epochs as the final runs; the final runs train on all 60,000 images and alone "
+        "read the test set. Budgets are the final runs' optimizer steps (batch 128, 468 steps "
+        "an epoch). Weight decay is fixed per family (5e-4 coupled for SGD, schedule-free SGD "
+        "and CoolMomentum; 0.05 decoupled for the AdamW family); the AdamW family and "
+        "schedule-free SGD warm up over 5 % of the steps. Schedule-free runs are evaluated at "
+        "their averaged weights; batch norm's statistics are recomputed at the evaluated "
+        "weights for every optimizer. A tuned lr marked *edge* is still at its grid's edge "
+        "after the grid grew twice.",
+        "",
     ]
-    for name, v in verdict.items():
-        lines.append(
-            f"| {name} | {mean_std(v['coolmomentum'])} | {mean_std(v['coolmomentum-wsd'])} "
-            f"| {'yes' if v['ahead'] else 'no'} |"
-        )
-    return [*lines, ""]
+    if pending:
+        lines[2:2] = [
+            f"**Partial results**: {len(used)} trials finished, {pending} more planned at the "
+            "stages reached; later stages follow from them.",
+            "",
+        ]
+    return lines
 
 
-def _budget_section(plan: Plan, records: list[dict[str, Any]]) -> list[str]:
-    if not plan.budgets:
-        return []
-    first = plan.workloads[0]
-    rows: dict[str, dict[int, str]] = {}
-    for r in records:
-        if r["workload"] == first.name:
-            epochs = r.get("budget_epochs", first.epochs)
-            rows.setdefault(r["optimizer"], {})[epochs] = mean_std(r["test_acc"])
-    lengths = sorted({*plan.budgets, first.epochs})
-    lines = [
-        f"## Budget: {first.title}, test accuracy against training length",
-        "",
-        "lr is not re-tuned per length; CoolMomentum's cooling and the cosine span each run.",
-        "",
-        "| optimizer | " + " | ".join(f"{e} epochs" for e in lengths) + " |",
-        "|---|" + "---:|" * len(lengths),
-    ]
-    for name, by_length in rows.items():
-        lines.append(f"| {name} | " + " | ".join(by_length.get(e, "-") for e in lengths) + " |")
-    return [*lines, ""]
+def _at_edge(trials: list[Trial], chosen: Trial) -> bool:
+    """Whether ``chosen`` has the smallest or largest lr among the trials of its setting."""
+    same = [t.optimizer["lr"] for t in trials
+            if {**t.optimizer, "lr": 0} == {**chosen.optimizer, "lr": 0}]  # fmt: skip
+    return len(same) > 1 and chosen.optimizer["lr"] in (min(same), max(same))
 
 
-def _figures(plan: Plan, results: Results, s: dict[str, Any]) -> dict[str, bytes]:
-    figures = {}
-    for workload in plan.workloads:
-        finals = s["finals"].get(workload.name, {})
-        if not any("@" not in k for k in finals):
+def _stage_section(plan: Plan, stage: BudgetStage, results: Results) -> list[str]:
+    epochs = stage.budget / steps_per_epoch(stage.workload, plan, "test")
+    lines = [f"### {stage.budget:,} steps ({epochs:.3g} epochs)", "",
+             "| arm | trials | chosen setting | val acc | effective step, mean |",
+             "|---|---:|---|---:|---:|"]  # fmt: skip
+    for label, trials in stage.tune.items():
+        chosen = stage.choices.get(label)
+        done = sum(t.id in results for t in trials)
+        if chosen is None:
+            lines.append(f"| {label} | {done} of {len(trials)} | - | - | - |")
             continue
+        edge = " *edge*" if _at_edge(trials, chosen) else ""
+        mean = chosen.optimizer["lr"] * effective_step_integral(
+            chosen.optimizer, trial_steps(chosen, plan))
+        lines.append(f"| {label} | {len(trials)} | {describe(chosen.optimizer)}{edge} | "
+                     f"{_accuracy(results[chosen.id])} | {mean:.3g} |")  # fmt: skip
+    if stage.finals:
+        lines += ["", f"Final runs (test set). N = {stage.first_n}, the largest trial count "
+                  "of a rival arm.", "",
+                  "| row | setting | trials | seeds | test acc | train loss (eval mode) | s/run |",
+                  "|---|---|---:|---|---:|---:|---:|"]  # fmt: skip
+        for row, trials in stage.finals.items():
+            done = [results[t.id] for t in trials if t.id in results]
+            if len(done) < len(trials):
+                lines.append(f"| {row} | {describe(trials[0].optimizer)} | | {len(done)} of "
+                             f"{len(trials)} done | | | |")  # fmt: skip
+                continue
+            lines.append(
+                f"| {ROW_TITLES.get(row, row)} | {describe(trials[0].optimizer)} | "
+                f"{_trial_count(stage, row)} | {[t.seed for t in trials]} | "
+                f"{mean_std([r.final_acc for r in done])} | "
+                f"{mean_std([r.train_loss for r in done])} | "
+                f"{statistics.mean(r.seconds for r in done):.0f} |"
+            )
+    return [*lines, ""]
 
-        def draw(finals: dict[str, list[TrialResult]] = finals,
-                 workload: Workload = workload) -> Any:  # fmt: skip
-            fig, (acc, lr) = _plot.figure(1, 2, size=(11, 4))
-            for label, rs in finals.items():
-                if "@" in label:
-                    continue
-                curves = [r.acc_per_epoch for r in rs if r.acc_per_epoch]
-                if not curves:  # every seed diverged
-                    continue
-                mean = [statistics.mean(c) for c in zip(*curves)]
-                acc.plot(range(1, len(mean) + 1), mean, marker="o", markersize=3, label=label)
-            acc.set(xlabel="epoch", ylabel="test accuracy (mean over seeds)",
-                    title=workload.title)  # fmt: skip
-            acc.grid(alpha=0.3)
-            acc.legend(fontsize=8)
-            for name, runs in s["tune"][workload.name].items():
-                done = [r for r in runs if r.id in results]
-                if name == "coolmomentum":  # the lr sweep of the chosen schedule only
-                    chosen = s["choices"][workload.name].get(name)
-                    schedule = chosen.optimizer["schedule"] if chosen else "exponential"
-                    done = [r for r in done if r.optimizer["schedule"] == schedule]
-                points = sorted((r.optimizer["lr"], score(results[r.id])) for r in done)
-                if points:
-                    xs, ys = zip(*points)
-                    lr.plot(xs, ys, marker="o", label=name)
-            lr.set(xscale="log", xlabel="lr", ylabel="validation accuracy (seed 0)",
-                   title="sensitivity to lr")  # fmt: skip
-            lr.grid(alpha=0.3)
-            lr.legend(fontsize=8)
-            return fig
 
-        figures[workload.name] = _plot.png_bytes(draw())
-    return figures
+def _length_section(
+    plan: Plan, found: list[dict[str, Any]], earlier: list[dict[str, Any]]
+) -> list[str]:
+    """Test accuracy of every row at every budget, a table per workload."""
+    lines = ["## Test accuracy against run length", ""]
+    for name in [w.name for w in plan.workloads] + list(ARCHIVED):
+        rows = [r for r in found + earlier if r["workload"] == name]
+        if not rows:
+            continue
+        steps = sorted({r["steps"] for r in rows})
+        table: dict[str, dict[int, str]] = {}
+        for r in rows:
+            table.setdefault(r["optimizer"], {})[r["steps"]] = mean_std(r["test_acc"])
+        lines += [f"**{name}**" + (" (earlier plan, one budget)" if name in ARCHIVED else ""), "",
+                  "| row | " + " | ".join(f"{s:,} steps" for s in steps) + " |",
+                  "|---|" + "---:|" * len(steps)]  # fmt: skip
+        for row, cells in table.items():
+            lines.append(f"| {ROW_TITLES.get(row, row)} | "
+                         + " | ".join(cells.get(s, "-") for s in steps) + " |")  # fmt: skip
+        lines.append("")
+    return lines
 
+
+def _gap(stage: BudgetStage, results: Results) -> tuple[str, str, list[float]] | None:
+    """The best CoolMomentum arm and the best rival, each picked by its validation accuracy,
+    and the differences of their test accuracies, seed by seed (None until finished)."""
+
+    def best(labels: list[str]) -> str | None:
+        chosen = {label: stage.choices.get(label) for label in labels}
+        if not chosen or any(c is None for c in chosen.values()):
+            return None
+        return max(chosen, key=lambda label: score(results[chosen[label].id]))  # type: ignore[union-attr]
+
+    cool = best([label for label in stage.tune if ARMS[label].coolmomentum])
+    rival = best([label for label in stage.tune if not ARMS[label].coolmomentum])
+    if cool is None or rival is None:
+        return None
+    pairs = list(zip(stage.finals.get(cool, []), stage.finals.get(rival, []), strict=False))
+    if not pairs or not all(a.id in results and b.id in results for a, b in pairs):
+        return None
+    gaps = [score(results[a.id]) - score(results[b.id]) for a, b in pairs]
+    return cool, rival, gaps
+
+
+def _archived_gap(earlier: list[dict[str, Any]], name: str) -> tuple[str, str, list[float]] | None:
+    rows = [r for r in earlier if r["workload"] == name]
+    cool = [r for r in rows if r["optimizer"] == "coolmomentum"]
+    rivals = [r for r in rows if not r["optimizer"].startswith("coolmomentum")]
+    if not cool or not rivals:
+        return None
+    rival = max(rivals, key=lambda r: statistics.mean(r["test_acc"]))
+    gaps = [(a or 0.0) - (b or 0.0) for a, b in zip(cool[0]["test_acc"], rival["test_acc"],
+                                                     strict=False)]  # fmt: skip
+    return "coolmomentum", rival["optimizer"], gaps
+
+
+def _gap_section(
+    plan: Plan, all_stages: list[BudgetStage], results: Results, earlier: list[dict[str, Any]]
+) -> list[str]:
+    lines = ["## The gap: best CoolMomentum minus best rival", "",
+             "Each picked by its validation accuracy at that budget (the earlier plan's rows "
+             "by test accuracy); test accuracy, mean and spread of the seed-by-seed "
+             "differences.", "",
+             "| workload | steps | CoolMomentum | rival | gap (points) |",
+             "|---|---:|---|---|---:|"]  # fmt: skip
+    for stage in all_stages:
+        found = _gap(stage, results)
+        if found is not None:
+            cool, rival, gaps = found
+            lines.append(f"| {stage.workload.name} | {stage.budget:,} | {cool} | {rival} | "
+                         f"{_points(gaps)} |")  # fmt: skip
+    for name, (_, steps) in ARCHIVED.items():
+        found = _archived_gap(earlier, name)
+        if found is not None:
+            lines.append(f"| {name} | {steps:,} | {found[0]} | {found[1]} | "
+                         f"{_points(found[2])} |")  # fmt: skip
+    return [*lines, ""]
+
+
+def _points(gaps: list[float]) -> str:
+    spread = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
+    return f"{100 * statistics.mean(gaps):+.2f} ± {100 * spread:.2f}"
+
+
+def _first_budget_section(
+    plan: Plan, all_stages: list[BudgetStage], results: Results
+) -> list[str]:
+    """Diagnosis at each workload's first budget: CoolMomentum's shapes by lr (val accuracy,
+    collapses), the effective step they were tuned to, and the equal-integral trials."""
+    lines = ["## CoolMomentum's shapes at the first budget", "",
+             f"Validation accuracy of every trial (collapsed: below {COLLAPSED_BELOW}). Mean "
+             "effective step: lr times the mean over the run of (1 + rho) / (2 (1 - rho)).",
+             ""]  # fmt: skip
+    for stage in all_stages:
+        if stage.budget != stage.workload.budgets[0]:
+            continue
+        lines += [f"**{stage.workload.name}, {stage.budget:,} steps**", "",
+                  "| shape | setting | val acc | mean effective step |",
+                  "|---|---|---:|---:|"]  # fmt: skip
+        extra = [(t.label + " (equal integral)", t) for t in stage.integral]
+        tried = [(label, t) for label in COOLMOMENTUM_ARMS for t in stage.tune.get(label, [])]
+        for label, trial in tried + extra:
+            if trial.id not in results:
+                continue
+            steps = trial_steps(trial, plan)
+            mean = trial.optimizer["lr"] * effective_step_integral(trial.optimizer, steps)
+            lines.append(f"| {label} | {describe(trial.optimizer)} | "
+                         f"{_accuracy(results[trial.id])} | {mean:.3g} |")  # fmt: skip
+        lines.append("")
+    return lines
+
+
+def _gap_figure(
+    plan: Plan, all_stages: list[BudgetStage], results: Results, earlier: list[dict[str, Any]]
+) -> bytes | None:
+    curves: dict[str, list[tuple[int, list[float]]]] = {}
+    for stage in all_stages:
+        found = _gap(stage, results)
+        if found is not None:
+            curves.setdefault(stage.workload.name, []).append((stage.budget, found[2]))
+    for name, (_, steps) in ARCHIVED.items():
+        found = _archived_gap(earlier, name)
+        if found is not None:
+            curves[f"{name} (earlier plan)"] = [(steps, found[2])]
+    if not curves:
+        return None
+    fig, ax = _plot.figure(size=(7, 4.5))
+    for name, points in curves.items():
+        xs = [s for s, _ in points]
+        means = [100 * statistics.mean(g) for _, g in points]
+        spread = [100 * (statistics.stdev(g) if len(g) > 1 else 0.0) for _, g in points]
+        ax.errorbar(xs, means, yerr=spread, marker="o", capsize=3, label=name)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xscale="log", xlabel="optimizer steps of the final runs",
+           ylabel="best CoolMomentum - best rival (points)",
+           title="CoolMomentum's gap against run length")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _plot.png_bytes(fig)
+
+
+def _lr_figure(stage: BudgetStage, results: Results) -> bytes | None:
+    """Validation accuracy against lr at the first budget, one curve per arm (the lr grid at
+    the arm's base setting)."""
+    fig, ax = _plot.figure(size=(7, 4.5))
+    drawn = False
+    for label, trials in stage.tune.items():
+        base = ARMS[label].settings
+        points = sorted((t.optimizer["lr"], score(results[t.id])) for t in trials
+                        if t.id in results and all(t.optimizer.get(k) == v
+                                                   for k, v in base.items()))  # fmt: skip
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", label=label, ls="--" if ARMS[label].coolmomentum else "-")
+            drawn = True
+    if not drawn:
+        return None
+    ax.set(xscale="log", xlabel="lr", ylabel="validation accuracy",
+           title=f"{stage.workload.title}, {stage.budget:,} steps")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _plot.png_bytes(fig)
 

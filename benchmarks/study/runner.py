@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .plan import Plan, Results, Trial, Workload, planned_trials, steps_per_epoch
-from .records import TrialResult, load_results, write_json
+from .plan import Plan, Results, Trial, Workload, planned_trials, steps_per_epoch, trial_steps
+from .records import Archive, TrialResult, load_results, write_json
 
 __all__ = ["execute", "reused", "run_config", "run_study"]
 
@@ -28,18 +28,20 @@ NOT_TRAINING = ("out", "eval_every_steps", "checkpoint_every", "checkpoint_every
 
 
 def run_config(trial: Trial, plan: Plan, work: Path) -> Any:
-    """The harness's ``RunConfig`` of ``trial``. A tuning trial is scored at its end only, so
-    it evaluates there alone, and checkpoints every epoch."""
+    """The harness's ``RunConfig`` of ``trial``: its budget's steps (a last epoch may be
+    partial). A tuning trial is scored at its end only, so it evaluates there alone, and
+    checkpoints every epoch; a final run evaluates every epoch."""
     from coolmomentum.experiments.config import RunConfig
 
-    workload = next(w for w in plan.workloads if w.name == trial.workload)
-    epochs = trial.epochs or workload.epochs
+    workload = plan.workload(trial.workload)
     settings = {**workload.settings, **plan.data}
+    per_epoch = steps_per_epoch(workload, plan, trial.split)
+    steps = trial_steps(trial, plan)
     if trial.split == "val":
-        per_epoch = steps_per_epoch(workload, plan, "val")
-        settings.update(eval_every_steps=epochs * per_epoch, checkpoint_every=per_epoch)
+        settings.update(eval_every_steps=steps, checkpoint_every=per_epoch)
     settings.update(
-        epochs=epochs,
+        epochs=-(-steps // per_epoch),
+        max_steps=steps,
         seed=trial.seed,
         device="cpu",
         validation=plan.validation if trial.split == "val" else None,
@@ -117,17 +119,25 @@ def _store(work: Path, result: TrialResult, results: Results) -> None:
 
 
 def run_study(
-    plan: Plan, work: Path, jobs: int, threads: int, log: Any = print, reuse: tuple[Path, ...] = ()
+    plan: Plan,
+    work: Path,
+    jobs: int,
+    threads: int,
+    log: Any = print,
+    reuse: tuple[Path, ...] = (),
+    archive: Archive | None = None,
 ) -> Results:
-    """Train every planned trial not yet done, ``jobs`` at a time; the results. The plan is
-    renewed as each trial ends, so a stage starts as soon as the trials it follows from are
-    done.
+    """Train every planned trial not yet done, ``jobs`` at a time; the results. The plan is renewed
+    as each trial ends, so a stage starts as soon as the trials it follows from are done.
 
     A trial finished with the same settings in a plan folder of ``reuse`` is taken from
-    there. ``jobs > 1`` trains each in a process of its own (``--execute``); stopping the study
-    (SIGTERM, Ctrl-C) stops them too, and a rerun continues.
+    there. ``archive``: the committed record of every finished trial (its settings and
+    results, no checkpoints), read first and rewritten as each trial ends, so that a study
+    continues on another machine with an empty ``work``. ``jobs > 1`` trains each in a
+    process of its own (``--execute``); stopping the study (SIGTERM, Ctrl-C) stops them too,
+    and a rerun continues.
     """
-    results = load_results(work)
+    results = {**(archive.results if archive else {}), **load_results(work)}
     running: dict[subprocess.Popen[bytes], Trial] = {}
     checked: set[str] = set()  # trials looked for in ``reuse``
     announced = False
@@ -142,6 +152,7 @@ def run_study(
             for result in taken:
                 _store(work, result, results)
             if taken:
+                _archive(archive, results)
                 log(f"{len(taken)} runs reused from {', '.join(str(p) for p in reuse)}")
                 continue  # the later stages may follow from them
             if not (pending or running):
@@ -151,6 +162,7 @@ def run_study(
                 announced = True
             if jobs == 1:
                 _store(work, execute(pending[0], plan, work, threads), results)
+                _archive(archive, results)
                 log(f"  {pending[0].id}: {_accuracy(results[pending[0].id])}")
                 continue
             for trial in pending[: jobs - len(running)]:
@@ -164,12 +176,18 @@ def run_study(
                     raise RuntimeError(f"run {trial.id} failed (exit {process.returncode})")
                 done = work / "done" / f"{trial.id}.json"
                 results[trial.id] = TrialResult.from_json(json.loads(done.read_text()))
+                _archive(archive, results)
                 log(f"  {trial.id}: {_accuracy(results[trial.id])}")
     finally:  # stopped or failed: the trials in flight stop too (they resume on a rerun)
         for process in running:
             process.terminate()
         for process in running:
             process.wait()
+
+
+def _archive(archive: Archive | None, results: Results) -> None:
+    if archive is not None:
+        archive.save(results)
 
 
 def _accuracy(result: TrialResult) -> str:

@@ -28,45 +28,57 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     data = tmp_path / "fmnist"
     write_fashion_mnist(data, n_train=160, n_test=64)
     work, out = tmp_path / "work", tmp_path / "results"
+    out.mkdir()
+    for name in ("study_small.json", "study_small.md"):  # the earlier plan's rows
+        (out / name).write_text((ROOT / "benchmarks" / "results" / name).read_text())
     argv = ["--quick", "--work", str(work), "--results", str(out), "--data-dir", str(data)]
     assert study.main(argv) == 0
     plan = study.quick_plan(str(data))
-    work = work / study.plan_name(plan)
+    work = work / study.plan_name(plan, True)
     done = sorted(p.name for p in (work / "done").iterdir())
-    assert len(done) == len(study.planned_trials(plan, study.load_results(work))) == 30
+    planned = study.planned_trials(plan, study.load_results(work))
+    assert len(done) == len(planned) and {t.budget for t in planned} == {4, 8}
 
-    records = json.loads((out / "study_quick.json").read_text())
-    finals = [r for r in records if "budget_epochs" not in r]
-    assert {r["workload"] for r in finals} == {"convnet", "resnet20", "lstm"}
-    assert {r["optimizer"] for r in finals} == {
-        "sgd", "sgd-schedulefree", "coolmomentum", "coolmomentum-paper"}
-    for r in records:
-        assert set(r) >= {"workload", "optimizer", "setting", "seeds", "test_acc", "train_loss",
-                          "seconds"}
-        assert len(r["test_acc"]) == len(r["train_loss"]) == len(r["seeds"]) == 1
-    schedules = {r["optimizer"]: r["setting"]["lr_schedule"] for r in finals}
-    assert schedules["sgd"] == "cosine" and schedules["sgd-schedulefree"] == "schedule-free"
-    assert [r["budget_epochs"] for r in records if "budget_epochs" in r] == [1] * 4
-    # The rows follow the plan (the paper's settings last), not the order runs ended in.
-    backwards = dict(reversed(list(study.load_results(work).items())))
-    rows = [(r["workload"], r["optimizer"], r.get("budget_epochs")) for r in records]
-    assert [(r["workload"], r["optimizer"], r.get("budget_epochs"))
-            for r in study.summarize(plan, backwards)["records"]] == rows  # fmt: skip
-    assert [r["optimizer"] for r in finals if r["workload"] == "lstm"][-1] == "coolmomentum-paper"
+    rows = json.loads((out / "study_quick.json").read_text())
+    for r in rows:
+        assert set(r) >= {"workload", "optimizer", "setting", "hyperparameters", "steps",
+                          "trials", "seeds", "test_acc", "train_loss", "seconds"}  # fmt: skip
+        assert len(r["test_acc"]) == len(r["train_loss"]) == len(r["seeds"])
+    found = {(r["optimizer"], r["steps"]): r for r in rows if r["workload"] == "mlp"}
+    assert found["sgd", 4]["setting"] == "cosine" and found["adamw-cooled", 4]["setting"] == (
+        "constant")  # fmt: skip
+    assert found["coolmomentum-exponential", 4]["setting"] == "exponential"
+    assert found["coolmomentum-best", 4]["trials"] >= 2
+    assert found["coolmomentum-paper", 4]["trials"] == 0
+    assert found["sgd", 8]["seeds"] == [0, 1]  # the extra seed at the longest budget
+    # One CoolMomentum shape stays at the second budget: the better one at the first.
+    assert len({o for o, steps in found if steps == 8 and o in study.COOLMOMENTUM_ARMS}) == 1
+    earlier = {(r["workload"], r["optimizer"]): r for r in rows if r["workload"] != "mlp"}
+    assert earlier["resnet20", "sgd"]["steps"] == 624 and earlier["lstm", "sgd"]["steps"] == 468
+    assert earlier["resnet20", "sgd"]["trials"] == 7  # its tuning table's rows
     report = (out / "study_quick.md").read_text()
-    for heading in ("### Tuning", "### Final runs", "## Cooling on to zero", "## Budget"):
+    for heading in ("### 4 steps", "### 8 steps", "## Test accuracy against run length",
+                    "## The gap", "## CoolMomentum's shapes at the first budget"):  # fmt: skip
         assert heading in report
-    for name in ("convnet", "resnet20", "lstm"):
+    for name in ("gap", "mlp"):
         assert (out / f"study_quick_{name}.png").read_bytes()[:4] == b"\x89PNG"
 
-    # A study stopped part-way continues: only the missing run is trained again.
+    # On a new machine (no runs folder) the committed record of the trials is the study.
+    archive = study.Archive(out / "study_quick_runs.json")
+    assert set(archive.results) == {p.removesuffix(".json") for p in done}
+    lines = []
+    again = study.run_study(plan, tmp_path / "new", jobs=1, threads=1, log=lines.append,
+                            archive=archive)  # fmt: skip
+    assert lines == [] and set(again) == set(archive.results)
+
+    # A study stopped part-way continues: only the missing trial is trained again.
     lost = work / "done" / done[5]
     lost.unlink()
     lines = []
     study.run_study(plan, work, jobs=2, threads=1, log=lines.append)  # in a process of its own
-    assert lines[0] == "29 runs done, 1 to run now" and lost.exists()
+    assert lines[0] == f"{len(done) - 1} runs done, 1 to run now" and lost.exists()
 
-    # A study in another folder takes every run of the same settings from this one (also
+    # A study in another folder takes every trial of the same settings from this one (also
     # where only the evaluation schedule differs), and none whose training differs.
     lines = []
     first = done[0].removesuffix(".json")
@@ -75,23 +87,21 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     taken = study.run_study(plan, tmp_path / "again", jobs=1, threads=1, log=lines.append,
                             reuse=(work,))  # fmt: skip
     assert lines and all(line.endswith(f"runs reused from {work}") for line in lines)
-    assert len(taken) == 30 and {r.reused_from for r in taken.values()} == {work.name}
-    other = dataclasses.replace(plan, workloads=[
-        dataclasses.replace(w, settings={**w.settings, "label_smoothing": 0.1})
-        for w in plan.workloads])  # fmt: skip
-    run = study.Trial(**taken[first].trial)
-    assert study.reused(run, plan, tmp_path, [work]) is not None
-    assert study.reused(run, other, tmp_path, [work]) is None
-    # The results' command is what trains the runs, with neither --reuse nor --report.
-    argv = ["--plan", "small", "--reuse", "a", "b", "--jobs", "2", "--report"]
-    assert study._training_arguments(argv) == ["--plan", "small", "--jobs", "2"]
+    assert len(taken) == len(done) and {r.reused_from for r in taken.values()} == {work.name}
+    trial = study.Trial(**taken[first].trial)
+    assert study.reused(trial, plan, tmp_path, [work]) is not None
+    smoothed = dataclasses.replace(plan, data={**plan.data, "label_smoothing": 0.1})
+    assert study.reused(trial, smoothed, tmp_path, [work]) is None
+    # The results' command is what trains the trials, with neither --reuse nor --report.
+    argv = ["--jobs", "2", "--reuse", "a", "b", "--threads", "1", "--report"]
+    assert study._training_arguments(argv) == ["--jobs", "2", "--threads", "1"]
 
 
 def test_a_diverged_trial_is_kept_scored_last_and_counted_in_the_tables(study, tmp_path):
     data = tmp_path / "fmnist"
     write_fashion_mnist(data, n_train=160, n_test=64)
     plan = study.quick_plan(str(data))
-    run = study.Trial("convnet", "sgd", {"optimizer": "sgd", "lr": 1e30, "momentum": 0.9})
+    run = study.Trial("mlp", "sgd", {"optimizer": "sgd", "lr": 1e30, "momentum": 0.9}, budget=4)
     summary = study.execute(run, plan, tmp_path / "work", threads=1)
     assert "not finite" in summary.diverged and summary.final_acc is None
     assert summary.acc_per_epoch == [] and summary.seconds > 0
@@ -106,7 +116,7 @@ def result(accuracy):
 
 def test_a_grid_grows_past_the_edge_its_best_trial_sits_at(study):
     def make(lr):
-        return study.Trial("convnet", "sgd", {"optimizer": "sgd", "lr": lr})
+        return study.Trial("mlp", "sgd", {"optimizer": "sgd", "lr": lr})
 
     def grid(accuracy):  # the grid once every trial planned has finished
         results = {}
