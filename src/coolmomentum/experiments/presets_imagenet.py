@@ -47,7 +47,6 @@ __all__ = [
     "EFFICIENTNET_B0_RMSPROP",
     "IMAGENET_PRESETS",
     "NUM_TRAIN_IMAGES",
-    "NUM_VAL_IMAGES",
     "PAPER_EFFICIENTNET_B0",
     "CoolMomentumRecipe",
     "ImageNetPreset",
@@ -56,7 +55,6 @@ __all__ = [
 ]
 
 NUM_TRAIN_IMAGES = 1_281_167  # [tpu] flag num_train_images
-NUM_VAL_IMAGES = 50_000  # [tpu] flag num_eval_images
 
 
 @dataclass(frozen=True)
