@@ -1,4 +1,4 @@
-"""Batched local minimization (quenching) of many replicas at once with FIRE.
+"""Batched local minimization (quenching) of many replicas at once, with FIRE or L-BFGS.
 
 FIRE (E. Bitzek, P. Koskinen, F. Gähler, M. Moseler, P. Gumbsch, *Structural relaxation made
 simple*, Phys. Rev. Lett. 97, 170201 (2006)) is damped molecular dynamics that mixes the
@@ -106,13 +106,15 @@ def fire(
     check_positive(max_displacement, "max_displacement")
     x = positions.clone()
     replicas = x.shape[0]
-    v = torch.zeros_like(x)
-    step = torch.full((replicas,), dt, dtype=x.dtype, device=x.device)
-    alpha = torch.full_like(step, _ALPHA_START)
-    downhill = torch.zeros(replicas, dtype=torch.long, device=x.device)
+    state = _FireState(
+        velocity=torch.zeros_like(x),
+        dt=torch.full((replicas,), dt, dtype=x.dtype, device=x.device),
+        alpha=torch.full((replicas,), _ALPHA_START, dtype=x.dtype, device=x.device),
+        downhill=torch.zeros(replicas, dtype=torch.long, device=x.device),
+    )
     evaluations = torch.zeros(replicas, dtype=torch.long, device=x.device)
-    largest = torch.full_like(step, torch.inf)
-    energy = torch.empty_like(step)
+    largest = torch.full((replicas,), torch.inf, dtype=x.dtype, device=x.device)
+    energy = torch.empty_like(largest)
     # Only the replicas still moving are evaluated: the batch shrinks as they converge.
     active = torch.arange(replicas, device=x.device)
     for iteration in range(max_steps + 1):
@@ -124,25 +126,8 @@ def fire(
         if iteration == max_steps or not bool(moving.any()):
             break
         active, xa, gradient = active[moving], xa[moving], gradient[moving]
-        force = gradient.neg_()
-        va, h, a = v[active], step[active], alpha[active]
-        going = (force * va).sum((1, 2)) > 0
-        v_norm = va.norm(dim=(1, 2), keepdim=True)
-        f_norm = force.norm(dim=(1, 2), keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
-        mixed = (1 - a.view(-1, 1, 1)) * va + a.view(-1, 1, 1) * v_norm * force / f_norm
-        va = torch.where(going.view(-1, 1, 1), mixed, torch.zeros_like(va))
-        speed_up = going & (downhill[active] > _N_MIN)
-        h = torch.where(speed_up, (h * _F_INC).clamp(max=dt_max), h)
-        h = torch.where(going, h, h * _F_DEC)
-        a = torch.where(speed_up, a * _F_ALPHA, a)
-        alpha[active] = torch.where(going, a, torch.full_like(a, _ALPHA_START))
-        downhill[active] = torch.where(going, downhill[active] + 1, 0)
-        step[active] = h
-        va = va + h.view(-1, 1, 1) * force
-        v[active] = va
-        move = h.view(-1, 1, 1) * va
-        longest = move.norm(dim=-1).amax(-1).clamp(min=torch.finfo(x.dtype).tiny)
-        xa = xa + move * (max_displacement / longest).clamp(max=1.0).view(-1, 1, 1)
+        move = _fire_move(state, active, gradient.neg_(), dt_max)
+        xa = xa + _limit_move(move, max_displacement)
         potential.project_(xa)
         x[active] = xa
     return QuenchResult(
@@ -152,6 +137,46 @@ def fire(
         converged=largest < fmax,
         evaluations=evaluations,
     )
+
+
+@dataclass
+class _FireState:
+    """Each replica's FIRE dynamics: its velocity ``(R, N, 3)``, time step, mixing factor
+    and the number of steps since it last went uphill ``(R,)``."""
+
+    velocity: Tensor
+    dt: Tensor
+    alpha: Tensor
+    downhill: Tensor
+
+
+def _fire_move(state: _FireState, active: Tensor, force: Tensor, dt_max: float) -> Tensor:
+    """FIRE's step for the replicas ``active`` under ``force`` ``(A, N, 3)``: mix each
+    velocity toward the force and lengthen the time step while the replica goes downhill,
+    stop it and shorten the step when it goes uphill. Updates ``state``; returns the moves."""
+    va, h, a = state.velocity[active], state.dt[active], state.alpha[active]
+    going = (force * va).sum((1, 2)) > 0
+    v_norm = va.norm(dim=(1, 2), keepdim=True)
+    f_norm = force.norm(dim=(1, 2), keepdim=True).clamp(min=torch.finfo(force.dtype).tiny)
+    mixed = (1 - a.view(-1, 1, 1)) * va + a.view(-1, 1, 1) * v_norm * force / f_norm
+    va = torch.where(going.view(-1, 1, 1), mixed, torch.zeros_like(va))
+    speed_up = going & (state.downhill[active] > _N_MIN)
+    h = torch.where(speed_up, (h * _F_INC).clamp(max=dt_max), h)
+    h = torch.where(going, h, h * _F_DEC)
+    a = torch.where(speed_up, a * _F_ALPHA, a)
+    state.alpha[active] = torch.where(going, a, torch.full_like(a, _ALPHA_START))
+    state.downhill[active] = torch.where(going, state.downhill[active] + 1, 0)
+    state.dt[active] = h
+    va = va + h.view(-1, 1, 1) * force
+    state.velocity[active] = va
+    return h.view(-1, 1, 1) * va
+
+
+def _limit_move(move: Tensor, max_displacement: float) -> Tensor:
+    """``move`` ``(B, N, 3)`` scaled down, per replica, so that no particle moves farther
+    than ``max_displacement``."""
+    longest = move.norm(dim=-1).amax(-1).clamp(min=torch.finfo(move.dtype).tiny)
+    return move * (max_displacement / longest).clamp(max=1.0).view(-1, 1, 1)
 
 
 @torch.no_grad()
@@ -191,69 +216,122 @@ def lbfgs(
     check_count(memory, "memory", 1)
     check_positive(max_displacement, "max_displacement")
     check_positive(initial_step, "initial_step")
-    x = positions.clone()
-    replicas, n = x.shape[0], x.shape[1]
-    flat = (replicas, 3 * n)
-    energy, gradient = potential.energy_and_gradient(x)
-    g = gradient.reshape(flat).clone()
-    evaluations = torch.ones(replicas, dtype=torch.long, device=x.device)
-    largest = gradient.norm(dim=-1).amax(-1)
-    # History, oldest pair first; an all-zero pair is an empty slot.
-    s_hist = x.new_zeros(replicas, memory, 3 * n)
-    y_hist = torch.zeros_like(s_hist)
-    scale = torch.full((replicas,), initial_step, dtype=x.dtype, device=x.device)
-    # A rise below rounding of the energy is no rise.
-    tolerance = 64 * torch.finfo(x.dtype).eps
-    direction = torch.zeros_like(g)
-    active = (largest >= fmax).nonzero().squeeze(1)
+    state = _LbfgsState.start(potential, positions, memory, initial_step)
+    active = (state.largest >= fmax).nonzero().squeeze(1)
     fresh = active  # replicas whose direction must be computed from their history
     for _ in range(max_steps):
         if len(fresh):
-            direction[fresh] = lbfgs_direction(g[fresh], s_hist[fresh], y_hist[fresh], scale[fresh])
+            state.direction[fresh] = lbfgs_direction(
+                state.gradient[fresh], state.s[fresh], state.y[fresh], state.scale[fresh]
+            )
         if not len(active):
             break
-        d, ga = direction[active], g[active]
-        uphill = (d * ga).sum(-1) >= 0
-        if bool(uphill.any()):
-            restart = active[uphill]
-            s_hist[restart] = 0
-            y_hist[restart] = 0
-            scale[restart] = initial_step
-            d[uphill] = -initial_step * ga[uphill]
-        longest = d.view(len(active), n, 3).norm(dim=-1).amax(-1)
-        d = d * (max_displacement / longest.clamp(min=torch.finfo(x.dtype).tiny)).clamp(max=1.0)[
-            :, None
-        ]
-        trial = x[active] + d.view(len(active), n, 3)
-        potential.project_(trial)
-        e_trial, g_trial = potential.energy_and_gradient(trial)
-        evaluations[active] += 1
-        e_now = energy[active]
-        downhill = e_trial <= e_now + tolerance * e_now.abs().clamp(min=1.0)
-        direction[active[~downhill]] = d[~downhill] * 0.1
-        moved = active[downhill]
-        s = (trial[downhill] - x[moved]).reshape(len(moved), 3 * n)
-        g_new = g_trial[downhill].reshape(len(moved), 3 * n)
-        y = g_new - g[moved]
-        sy = (s * y).sum(-1)
-        curved = sy > 0  # only pairs that keep the inverse Hessian positive definite
-        kept = moved[curved]
-        s_hist[kept] = torch.cat([s_hist[kept, 1:], s[curved, None]], 1)
-        y_hist[kept] = torch.cat([y_hist[kept, 1:], y[curved, None]], 1)
-        scale[kept] = sy[curved] / y[curved].square().sum(-1)
-        x[moved] = trial[downhill]
-        g[moved] = g_new
-        energy[moved] = e_trial[downhill]
-        largest[moved] = g_trial[downhill].norm(dim=-1).amax(-1)
-        active = active[largest[active] >= fmax]
+        step = _descent_step(state, active, initial_step, max_displacement)
+        moved = _try_step(potential, state, active, step)
+        active = active[state.largest[active] >= fmax]
         fresh = active[torch.isin(active, moved)]
     return QuenchResult(
-        positions=x,
-        energies=energy,
-        fmax=largest,
-        converged=largest < fmax,
-        evaluations=evaluations,
+        positions=state.x,
+        energies=state.energy,
+        fmax=state.largest,
+        converged=state.largest < fmax,
+        evaluations=state.evaluations,
     )
+
+
+@dataclass
+class _LbfgsState:
+    """Each replica's L-BFGS state. Positions ``x`` are ``(R, N, 3)``; ``gradient`` and
+    ``direction`` (the next step) are flat, ``(R, 3 N)``; the history ``s`` and ``y``
+    ``(R, memory, 3 N)`` holds the position and gradient differences, oldest first, an
+    all-zero pair being an empty slot; ``scale`` is the initial inverse Hessian
+    ``H_0 = scale I``; ``largest`` is the largest per-particle gradient norm."""
+
+    x: Tensor
+    energy: Tensor
+    gradient: Tensor
+    largest: Tensor
+    evaluations: Tensor
+    s: Tensor
+    y: Tensor
+    scale: Tensor
+    direction: Tensor
+
+    @classmethod
+    def start(
+        cls, potential: Potential, positions: Tensor, memory: int, initial_step: float
+    ) -> _LbfgsState:
+        """The state at ``positions``, after one evaluation, with an empty history."""
+        x = positions.clone()
+        replicas, n = x.shape[0], x.shape[1]
+        energy, gradient = potential.energy_and_gradient(x)
+        flat = gradient.reshape(replicas, 3 * n).clone()
+        s = x.new_zeros(replicas, memory, 3 * n)
+        return cls(
+            x=x,
+            energy=energy,
+            gradient=flat,
+            largest=gradient.norm(dim=-1).amax(-1),
+            evaluations=torch.ones(replicas, dtype=torch.long, device=x.device),
+            s=s,
+            y=torch.zeros_like(s),
+            scale=torch.full((replicas,), initial_step, dtype=x.dtype, device=x.device),
+            direction=torch.zeros_like(flat),
+        )
+
+
+def _descent_step(
+    state: _LbfgsState, active: Tensor, initial_step: float, max_displacement: float
+) -> Tensor:
+    """The next step of each replica in ``active``, flat: along its direction, or where that
+    is not downhill, along ``-initial_step`` times its gradient with its history forgotten;
+    scaled down so that no particle moves farther than ``max_displacement``."""
+    d, g = state.direction[active], state.gradient[active]
+    uphill = (d * g).sum(-1) >= 0
+    if bool(uphill.any()):
+        restart = active[uphill]
+        state.s[restart] = 0
+        state.y[restart] = 0
+        state.scale[restart] = initial_step
+        d[uphill] = -initial_step * g[uphill]
+    return _limit_move(d.view(len(active), -1, 3), max_displacement).view(len(active), -1)
+
+
+def _try_step(potential: Potential, state: _LbfgsState, active: Tensor, step: Tensor) -> Tensor:
+    """Evaluate each replica in ``active`` one ``step`` ahead. Where the energy does not
+    rise (beyond rounding), the replica moves there and remembers the step; elsewhere its
+    next try is a tenth of the step. Returns the replicas that moved."""
+    trial = state.x[active] + step.view(len(active), -1, 3)
+    potential.project_(trial)
+    e_trial, g_trial = potential.energy_and_gradient(trial)
+    state.evaluations[active] += 1
+    e_now = state.energy[active]
+    rounding = 64 * torch.finfo(e_now.dtype).eps  # a rise below rounding of the energy is none
+    downhill = e_trial <= e_now + rounding * e_now.abs().clamp(min=1.0)
+    state.direction[active[~downhill]] = step[~downhill] * 0.1
+    moved = active[downhill]
+    _remember(state, moved, trial[downhill], g_trial[downhill])
+    state.x[moved] = trial[downhill]
+    state.energy[moved] = e_trial[downhill]
+    state.largest[moved] = g_trial[downhill].norm(dim=-1).amax(-1)
+    return moved
+
+
+def _remember(state: _LbfgsState, moved: Tensor, x_new: Tensor, gradient_new: Tensor) -> None:
+    """Store the step to ``x_new`` and the gradient's change as the newest pair of each
+    replica in ``moved``, dropping its oldest, where the pair keeps the inverse Hessian
+    positive definite (``s . y > 0``); set the gradient to ``gradient_new``."""
+    flat = (len(moved), state.gradient.shape[1])
+    s = (x_new - state.x[moved]).reshape(flat)
+    g_new = gradient_new.reshape(flat)
+    y = g_new - state.gradient[moved]
+    sy = (s * y).sum(-1)
+    curved = sy > 0
+    kept = moved[curved]
+    state.s[kept] = torch.cat([state.s[kept, 1:], s[curved, None]], 1)
+    state.y[kept] = torch.cat([state.y[kept, 1:], y[curved, None]], 1)
+    state.scale[kept] = sy[curved] / y[curved].square().sum(-1)
+    state.gradient[moved] = g_new
 
 
 def lbfgs_direction(g: Tensor, s: Tensor, y: Tensor, scale: Tensor) -> Tensor:
