@@ -1,6 +1,5 @@
 """The batched many-particle problems, the FIRE quench, annealing and the ``anneal`` command."""
 
-import importlib
 import math
 import re
 import subprocess
@@ -9,10 +8,12 @@ import sys
 import pytest
 import torch
 
-from coolmomentum.cli import main
+from coolmomentum.cli import EXPERIMENTS_EXTRA, main
 from coolmomentum.physics import (
     GLOBAL_MINIMA,
     MINIMAL_ENERGIES,
+    AnnealSettings,
+    HoppingSettings,
     LennardJonesCluster,
     ThomsonProblem,
     anneal,
@@ -26,9 +27,9 @@ from coolmomentum.physics import (
     thomson_energy,
     thomson_energy_and_gradient,
 )
-from coolmomentum.physics.anneal import write_xyz
 from coolmomentum.physics.lj import random_cluster
 from coolmomentum.physics.minimize import lbfgs_direction
+from coolmomentum.physics.results import write_xyz
 
 
 @pytest.fixture(autouse=True)
@@ -195,6 +196,51 @@ def test_bad_input_raises_value_error_naming_the_argument(call, name):
         call()
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: AnnealSettings(temperature=0.3, rho_0=1.0), r"rho_0 must be a number in \[0, 1\)"),
+        (lambda: AnnealSettings(temperature=0.3, schedule="cosine"), "schedule must be one of"),
+        (lambda: AnnealSettings(temperature=0.3, hot_steps=-1), "hot_steps must be an integer"),
+        (lambda: AnnealSettings(temperature=0.3, steps=10, hot_steps=10),
+         "hot_steps must be < steps to leave steps to cool, .*schedule='constant'"),
+        (lambda: AnnealSettings(temperature=0.3, noise_std=1.0), "exactly one of noise_std"),
+        (lambda: AnnealSettings(temperature=0.3, quench_steps=-1), "quench_steps must be"),
+        (lambda: AnnealSettings(temperature=0.3, max_force=0.0), "max_force must be a finite"),
+        (lambda: HoppingSettings(budget=0), "budget must be an integer >= 1, got 0"),
+        (lambda: HoppingSettings(rho_0=-0.5), r"rho_0 must be a number in \[0, 1\)"),
+        (lambda: HoppingSettings(anneal_steps=-1), "anneal_steps must be an integer >= 0"),
+        (lambda: HoppingSettings(acceptance_temperature=0), "acceptance_temperature must be"),
+        (lambda: HoppingSettings(seed=-1), "seed must be an integer >= 0"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_rejected_when_made_naming_the_setting_and_its_range(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_runs_without_annealing_steps_are_valid_settings():
+    assert AnnealSettings(steps=0, hot_steps=5, noise_std=0.0).steps == 0  # a plain quench
+    assert HoppingSettings(anneal_steps=0).noise_std > 0  # plain basin hopping
+
+
+def test_a_settings_object_and_keywords_give_the_same_run():
+    lj7 = LennardJonesCluster(7)
+    settings = AnnealSettings(replicas=3, steps=40, temperature=0.3, seed=2)
+    by_object = anneal(lj7, settings)
+    by_keywords = anneal(lj7, replicas=3, steps=40, temperature=0.3, seed=2)
+    assert by_object.settings == by_keywords.settings == settings
+    assert torch.equal(by_object.energies, by_keywords.energies)
+    reseeded = anneal(lj7, settings, seed=3)  # keywords change the object's fields
+    assert reseeded.settings == AnnealSettings(replicas=3, steps=40, temperature=0.3, seed=3)
+    assert not torch.equal(reseeded.positions, by_object.positions)
+    walk = HoppingSettings(replicas=2, budget=400, stop_at_minimum=False, seed=1)
+    hops = annealed_hopping(lj7, walk)
+    assert hops.settings == walk
+    again = annealed_hopping(lj7, replicas=2, budget=400, stop_at_minimum=False, seed=1)
+    assert torch.equal(hops.energies, again.energies) and hops.hops == again.hops
+
+
 def test_write_xyz_is_atomic_and_readable(tmp_path):
     path = tmp_path / "two.xyz"
     write_xyz(path, icosahedron()[None].repeat(2, 1, 1), [-44.3, -44.2], "Ar", "LJ13")
@@ -314,10 +360,13 @@ def test_annealed_hopping_finds_the_tabulated_minimum_and_stops_there(atoms):
     assert torch.equal(again.energies, result.energies)
 
 
+def hide_the_experiments_extra(monkeypatch):
+    for name in EXPERIMENTS_EXTRA:
+        monkeypatch.setitem(sys.modules, name, None)  # import machinery: "not installed"
+
+
 def test_saving_without_matplotlib_writes_the_structures(tmp_path, monkeypatch):
-    # The package exports the function `anneal`, which hides the module of the same name.
-    module = importlib.import_module("coolmomentum.physics.anneal")
-    monkeypatch.setattr(module, "can_plot", lambda: False)
+    hide_the_experiments_extra(monkeypatch)
     result = anneal(LennardJonesCluster(5), replicas=3, steps=20, temperature=0.3)
     paths = result.save(tmp_path)
     assert sorted(p.name for p in paths) == ["best.xyz", "replicas.xyz"]
@@ -345,6 +394,23 @@ def test_anneal_command_reports_the_gap_and_writes_structure_and_plot(tmp_path, 
     assert sorted(p.name for p in run.iterdir()) == ["anneal.png", "best.xyz", "replicas.xyz"]
     assert (run / "anneal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "best.xyz").read_text().splitlines()[0] == "7"
+
+
+def test_anneal_command_runs_the_librarys_defaults_with_the_problems_start_kt(tmp_path, capsys):
+    argv = ["anneal", "lj", "--atoms", "7", "--replicas", "4", "--steps", "50", "--seed", "1",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    result = anneal(LennardJonesCluster(7), replicas=4, steps=50, seed=1, temperature=0.5)
+    lowest = "  ".join(f"{e:.6f}" for e in result.energies.sort().values.tolist())
+    assert f"lowest energies: {lowest}\n" in out
+    assert f"noise_std {result.settings.random_force_std:.4g} (start kT 0.5)" in out
+
+
+def test_progress_bar_where_tqdm_is_installed(capsys):
+    pytest.importorskip("tqdm")
+    anneal(LennardJonesCluster(5), replicas=2, steps=20, temperature=0.3, progress=True)
+    assert "lowest energy" in capsys.readouterr().err
 
 
 def test_anneal_command_thomson_with_explicit_noise(tmp_path, capsys):
@@ -375,7 +441,7 @@ def test_hopping_command_reports_the_first_hit(tmp_path, capsys):
         (["lj", "--atoms", "5", "--steps", "-1"], "--steps must be an integer >= 0"),
         (["lj", "--atoms", "5", "--lr", "0"], "--lr must be a finite number > 0"),
         (["lj", "--atoms", "5", "--temperature", "-1"], "--temperature must be a finite number"),
-        (["lj", "--atoms", "5", "--rho-0", "1"], "--rho-0 must be in [0, 1)"),
+        (["lj", "--atoms", "5", "--rho-0", "1"], "--rho-0 must be a number in [0, 1)"),
         (["lj", "--atoms", "5", "--max-force", "-5"], "--max-force must be a finite number"),
         (["lj", "--atoms", "5", "--fmax", "nan"], "--fmax must be a finite number > 0"),
         (["lj", "--atoms", "5", "--confine-radius", "0"], "--confine-radius must be"),

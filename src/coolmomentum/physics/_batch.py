@@ -1,7 +1,8 @@
-"""Checks and helpers shared by the batched potentials; positions are ``(R, N, 3)``."""
+"""Checks and helpers shared by the batched potentials and runs; positions are ``(R, N, 3)``."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,6 +43,13 @@ def check_positions(
     if not bool(torch.isfinite(positions).all()):
         raise ValueError(f"{name} must be finite, but holds NaN or infinite coordinates")
     return positions
+
+
+def independent_seeds(seed: int, count: int) -> list[int]:
+    """``count`` seeds of independent random streams, drawn from ``seed`` (numpy's
+    ``SeedSequence``): one for each stream of a run, so that changing how much one stream
+    draws leaves the others alone."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64)]
 
 
 def pair_indices(n: int, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -26,7 +26,7 @@ from ase.optimize.optimize import Optimizer
 
 from ..schedules import Schedule
 from ..torch import CoolMomentum as _TorchCoolMomentum
-from .anneal import noise_std_for_temperature
+from .langevin import noise_std_for_temperature
 
 __all__ = ["CoolMomentum"]
 

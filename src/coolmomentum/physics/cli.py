@@ -1,22 +1,26 @@
 """The ``anneal`` command: ``anneal lj --atoms 38 ...`` and ``anneal thomson --charges 32 ...``.
 
 :func:`register` adds it to an ``argparse`` subparsers object; the parsed namespace's ``func``
-runs it (``args.func(args)``) and returns the exit code.
+runs it (``args.func(args)``) and returns the exit code. The flags make the method's settings,
+:class:`.anneal.AnnealSettings` or :class:`.hopping.HoppingSettings`, which check themselves; a
+flag left out takes the settings' default, or the problem's where that differs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
 import torch
 
+from .. import _plot
 from ..errors import UsageError
 from ..schedules import SCHEDULES
-from ._batch import check_count, check_positive
-from .anneal import AnnealResult, anneal, can_plot
-from .hopping import HoppingResult, annealed_hopping
+from ._batch import check_positive
+from .anneal import AnnealResult, AnnealSettings, anneal
+from .hopping import HoppingResult, HoppingSettings, annealed_hopping
 from .lj import LennardJonesCluster
 from .minimize import Potential
 from .thomson import ThomsonProblem
@@ -25,76 +29,33 @@ __all__ = ["register", "run"]
 
 METHODS = ("anneal", "hopping")
 
-# Per method and problem, the settings a flag left out takes. Annealing: the starting kT is
+# Where a problem's settings differ from the library's defaults. Annealing: the starting kT is
 # above the LJ clusters' melting (about 0.3) or, for charges, enough to swap neighbours.
-# Hopping: the settings measured in benchmarks/lj_clusters.py (a short, cool anneal per hop).
-_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("anneal", "lj"): dict(
-        replicas=64, steps=5000, temperature=0.5, lr=1e-3, rho_0=0.99,
-        schedule="exponential", fmax=1e-3,
-    ),
-    ("anneal", "thomson"): dict(
-        replicas=64, steps=5000, temperature=0.1, lr=1e-3, rho_0=0.99,
-        schedule="exponential", fmax=1e-3,
-    ),
-    ("hopping", "lj"): dict(
-        replicas=16, steps=10, temperature=0.1, lr=1e-3, rho_0=0.5,
-        schedule="linear-temperature", fmax=1e-2, budget=100_000, step=0.4,
-        acceptance_temperature=0.8,
-    ),
+# Hopping among the charges' minima: steps, temperatures and force threshold at their energy
+# scale. The command quenches for up to 10,000 steps with either method.
+_PROBLEM_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("anneal", "lj"): dict(temperature=0.5),
+    ("anneal", "thomson"): dict(temperature=0.1),
+    ("hopping", "lj"): dict(quench_steps=10_000),
     ("hopping", "thomson"): dict(
-        replicas=16, steps=10, temperature=0.01, lr=1e-3, rho_0=0.5,
-        schedule="linear-temperature", fmax=1e-4, budget=100_000, step=0.1,
-        acceptance_temperature=0.05,
+        temperature=0.01, fmax=1e-4, step=0.1, acceptance_temperature=0.05, quench_steps=10_000
     ),
-}  # fmt: skip
-_HOPPING_ONLY = ("budget", "step", "acceptance_temperature")
-_ANNEAL_ONLY = ("hot_steps", "noise_std")
+}
+
+# The flags that set a field of the method's settings, named as the field is.
+_SETTING_FLAGS = (
+    "replicas", "steps", "lr", "rho_0", "schedule", "hot_steps", "noise_std", "temperature",
+    "max_force", "budget", "step", "acceptance_temperature", "seed", "fmax", "quench_steps",
+)  # fmt: skip
+# The one flag named otherwise: --steps is the length of each hop's anneal for hopping.
+_HOPPING_FIELDS = {"steps": "anneal_steps"}
+# The arguments of the potentials, which are flags too.
+_PROBLEM_FLAGS = ("atoms", "charges", "confine_radius")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``anneal`` subcommand (with ``lj`` and ``thomson``) to ``subparsers``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--method", choices=METHODS, default="anneal",
-        help="anneal: anneal random starts once, then quench; hopping: annealed basin "
-        "hopping (a global optimizer) until --budget evaluations are spent",
-    )  # fmt: skip
-    common.add_argument("--replicas", type=int, help="independent copies, batched (64; 16)")
-    common.add_argument(
-        "--steps", type=int,
-        help="annealing steps: of the run (5000; 0: quench only), or per hop (10)",
-    )  # fmt: skip
-    common.add_argument("--lr", type=float, help="integration step dt**2 (1e-3)")
-    common.add_argument("--rho-0", type=float, help="starting momentum coefficient (0.99; 0.5)")
-    common.add_argument("--schedule", choices=SCHEDULES, help="cooling schedule")
-    common.add_argument("--hot-steps", type=int, default=0, help="steps held at rho_0 first")
-    noise = common.add_mutually_exclusive_group()
-    noise.add_argument("--noise-std", type=float, help="random force per coordinate")
-    noise.add_argument(
-        "--temperature", type=float, help="starting kT, sets --noise-std (default per problem)"
-    )
-    common.add_argument(
-        "--max-force", type=float, default=100.0,
-        help="cap on each particle's force during the dynamics (0: no cap)",
-    )  # fmt: skip
-    common.add_argument(
-        "--budget", type=int, help="hopping: evaluations summed over replicas (100000)"
-    )
-    common.add_argument(
-        "--step", type=float, help="hopping: first displacement half-width (0.4; 0: none)"
-    )
-    common.add_argument(
-        "--acceptance-temperature", type=float, help="hopping: Metropolis temperature (0.8)"
-    )
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    common.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    common.add_argument("--fmax", type=float, help="quench force threshold (1e-3; 1e-2)")
-    common.add_argument("--quench-steps", type=int, default=10_000)
-    common.add_argument("--tolerance", type=float, default=1e-3, help="gap that counts as a hit")
-    common.add_argument("--out", default="anneal-out", help="directory for the XYZ files and plot")
-
+    common = _common_flags()
     parser = subparsers.add_parser(
         "anneal",
         help="anneal many-particle potentials (LJ clusters, Thomson problem)",
@@ -114,57 +75,73 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's settings: the flags given over the method's defaults, each checked here so
-    that a bad one is a :class:`UsageError` naming the flag."""
-    defaults = _DEFAULTS[args.method, args.problem]
-    given = {key: getattr(args, key) for key in (*defaults, *_HOPPING_ONLY, *_ANNEAL_ONLY)}
-    misplaced = _ANNEAL_ONLY if args.method == "hopping" else _HOPPING_ONLY
-    for key in misplaced:
-        if given[key]:
-            raise UsageError(f"{_flag(key)} does not apply to --method {args.method}")
-    settings: dict[str, Any] = {
-        key: defaults.get(key) if value is None else value for key, value in given.items()
-    }
+def _common_flags() -> argparse.ArgumentParser:
+    """The flags of both problems. A setting's flag defaults to ``None``: left out."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--method", choices=METHODS, default="anneal",
+        help="anneal: anneal random starts once, then quench; hopping: annealed basin "
+        "hopping (a global optimizer) until --budget evaluations are spent",
+    )  # fmt: skip
+    common.add_argument("--replicas", type=int, help="independent copies, batched (64; 16)")
+    common.add_argument(
+        "--steps", type=int,
+        help="annealing steps: of the run (5000; 0: quench only), or per hop (10)",
+    )  # fmt: skip
+    common.add_argument("--lr", type=float, help="integration step dt**2 (1e-3)")
+    common.add_argument("--rho-0", type=float, help="starting momentum coefficient (0.99; 0.5)")
+    common.add_argument("--schedule", choices=SCHEDULES, help="cooling schedule")
+    common.add_argument("--hot-steps", type=int, help="steps held at rho_0 first (0)")
+    noise = common.add_mutually_exclusive_group()
+    noise.add_argument("--noise-std", type=float, help="random force per coordinate")
+    noise.add_argument(
+        "--temperature", type=float, help="starting kT, sets --noise-std (default per problem)"
+    )
+    common.add_argument(
+        "--max-force", type=float,
+        help="cap on each particle's force during the dynamics (100; 0: no cap)",
+    )  # fmt: skip
+    common.add_argument(
+        "--budget", type=int, help="hopping: evaluations summed over replicas (100000)"
+    )
+    common.add_argument(
+        "--step", type=float, help="hopping: first displacement half-width (0.4; 0: none)"
+    )
+    common.add_argument(
+        "--acceptance-temperature", type=float, help="hopping: Metropolis temperature (0.8)"
+    )
+    common.add_argument("--seed", type=int, help="seeds every random stream of the run (0)")
+    common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    common.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    common.add_argument("--fmax", type=float, help="quench force threshold (1e-3; 1e-2)")
+    common.add_argument("--quench-steps", type=int, help="most steps per quench (10000)")
+    common.add_argument("--tolerance", type=float, default=1e-3, help="gap that counts as a hit")
+    common.add_argument("--out", default="anneal-out", help="directory for the XYZ files and plot")
+    return common
+
+
+def _settings(args: argparse.Namespace) -> AnnealSettings | HoppingSettings:
+    """The method's settings: the flags given over the problem's defaults."""
+    hopping = args.method == "hopping"
+    kind = HoppingSettings if hopping else AnnealSettings
+    fields = {f.name for f in dataclasses.fields(kind)}
+    values = dict(_PROBLEM_DEFAULTS[args.method, args.problem])
     if args.noise_std is not None:
-        settings["temperature"] = None
-    try:
-        if args.problem == "lj":
-            check_count(args.atoms, "--atoms", 2)
-            if args.confine_radius is not None:
-                check_positive(args.confine_radius, "--confine-radius")
-        else:
-            check_count(args.charges, "--charges", 2)
-        check_count(settings["replicas"], "--replicas", 1)
-        check_count(settings["steps"], "--steps", 0)
-        check_count(args.quench_steps, "--quench-steps", 1)
-        for key in ("lr", "fmax"):
-            check_positive(settings[key], _flag(key))
-        check_positive(args.tolerance, "--tolerance")
-        check_positive(args.max_force, "--max-force", allow_zero=True)
-        if args.noise_std is not None:
-            check_positive(args.noise_std, "--noise-std", allow_zero=True)
-        else:
-            check_positive(settings["temperature"], "--temperature", allow_zero=True)
-        if not 0.0 <= settings["rho_0"] < 1.0:
-            raise ValueError(f"--rho-0 must be in [0, 1), got {settings['rho_0']!r}")
-        if args.method == "hopping":
-            check_count(settings["budget"], "--budget", 1)
-            check_positive(settings["step"], "--step", allow_zero=True)
-            check_positive(settings["acceptance_temperature"], "--acceptance-temperature")
-        else:
-            hot, steps = check_count(settings["hot_steps"], "--hot-steps", 0), settings["steps"]
-            if settings["schedule"] != "constant" and 0 < steps <= hot:
-                raise ValueError(
-                    f"--hot-steps must be < --steps to leave steps to cool, got {hot} of {steps}"
-                )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    return settings
-
-
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+        values.pop("temperature", None)  # the noise is given instead of the starting kT
+    for flag in _SETTING_FLAGS:
+        value = getattr(args, flag)
+        field = _HOPPING_FIELDS.get(flag, flag) if hopping else flag
+        if value is not None and field not in fields:
+            raise UsageError(f"{_flag(flag)} does not apply to --method {args.method}")
+        if value is not None:
+            values[field] = value
+    if values.get("max_force") == 0:
+        values["max_force"] = None
+    if hopping:
+        values["tolerance"] = args.tolerance
+    else:  # an anneal's tolerance only decides which replicas the summary counts as hits
+        check_positive(args.tolerance, "tolerance")
+    return kind(**values)
 
 
 def _potential(args: argparse.Namespace) -> Potential:
@@ -175,36 +152,41 @@ def _potential(args: argparse.Namespace) -> Potential:
     return ThomsonProblem(args.charges)
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _usage_error(error: ValueError) -> UsageError:
+    """The library's message names the bad argument first ("lr must be ..."): the command's
+    names the flag that set it instead."""
+    name, _, rest = str(error).partition(" ")
+    flags = {field: flag for flag, field in _HOPPING_FIELDS.items()}
+    flags.update((flag, flag) for flag in (*_SETTING_FLAGS, *_PROBLEM_FLAGS, "tolerance"))
+    if name not in flags:
+        return UsageError(str(error))
+    return UsageError(f"{_flag(flags[name])} {rest}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the parsed ``anneal`` command, print the summary and write the files; returns 0."""
-    settings = _settings(args)
-    potential = _potential(args)
-    dynamics = dict(
-        lr=settings["lr"], rho_0=settings["rho_0"], schedule=settings["schedule"],
-        temperature=settings["temperature"], max_force=args.max_force or None,
-        fmax=settings["fmax"], seed=args.seed, device=args.device,
-        dtype=getattr(torch, args.dtype),
-    )  # fmt: skip
-    if args.method == "hopping":
-        hopping = annealed_hopping(
-            potential, replicas=settings["replicas"], budget=settings["budget"],
-            step=settings["step"], anneal_steps=settings["steps"],
-            acceptance_temperature=settings["acceptance_temperature"],
-            quench_steps=args.quench_steps, tolerance=args.tolerance, **dynamics,
-        )  # fmt: skip
-        _print_hopping(hopping, args.tolerance)
-        result: AnnealResult | HoppingResult = hopping
+    try:
+        potential = _potential(args)
+        settings = _settings(args)
+    except ValueError as e:
+        raise _usage_error(e) from None
+    dtype = getattr(torch, args.dtype)
+    result: AnnealResult | HoppingResult
+    if isinstance(settings, HoppingSettings):
+        result = annealed_hopping(potential, settings, device=args.device, dtype=dtype)
+        _print_hopping(result)
     else:
-        annealed = anneal(
-            potential, replicas=settings["replicas"], steps=settings["steps"],
-            hot_steps=settings["hot_steps"], noise_std=args.noise_std,
-            quench_steps=args.quench_steps, progress=sys.stdout.isatty(), **dynamics,
-        )  # fmt: skip
-        _print_anneal(annealed, args.tolerance)
-        result = annealed
+        result = anneal(
+            potential, settings, device=args.device, dtype=dtype, progress=sys.stdout.isatty()
+        )
+        _print_anneal(result, args.tolerance)
     paths = result.save(args.out)
     print("wrote " + ", ".join(str(p) for p in paths))
-    if not can_plot():
+    if not _plot.available():
         print("no plot: matplotlib is not installed (pip install 'coolmomentum[experiments]')")
     return 0
 
@@ -212,26 +194,26 @@ def run(args: argparse.Namespace) -> int:
 def _print_anneal(result: AnnealResult, tolerance: float) -> None:
     s = result.settings
     print(
-        f"{result.label}: {s['replicas']} replicas, {s['steps']} steps, schedule {s['schedule']}, "
-        f"lr {s['lr']:g}, rho_0 {s['rho_0']:g}, noise_std {s['noise_std']:.4g} "
-        f"(start kT {s['start_temperature']:.4g}), {result.seconds:.1f} s"
+        f"{result.label}: {s.replicas} replicas, {s.steps} steps, schedule {s.schedule}, "
+        f"lr {s.lr:g}, rho_0 {s.rho_0:g}, noise_std {s.random_force_std:.4g} "
+        f"(start kT {s.start_temperature:.4g}), {result.seconds:.1f} s"
     )
     _print_energies(result.energies, result.known_minimum, result.label, tolerance)
-    _print_diverged(result.diverged, s)
+    _print_diverged(result.diverged, s.temperature_bound, result.radius_bound)
 
 
-def _print_hopping(result: HoppingResult, tolerance: float) -> None:
+def _print_hopping(result: HoppingResult) -> None:
     s = result.settings
     spent = result.total_evaluations
     print(
-        f"{result.label}: annealed hopping, {s['replicas']} replicas, {result.hops} hops of "
-        f"{s['anneal_steps']} annealing steps (start kT {s['temperature']:.4g}, rho_0 "
-        f"{s['rho_0']:g}, {s['schedule']}) and an L-BFGS quench, Metropolis T "
-        f"{s['acceptance_temperature']:g}, acceptance {result.acceptance:.2f}; {spent:,} of "
-        f"{s['budget']:,} evaluations in {result.seconds:.1f} s "
+        f"{result.label}: annealed hopping, {s.replicas} replicas, {result.hops} hops of "
+        f"{s.anneal_steps} annealing steps (start kT {s.temperature:.4g}, rho_0 "
+        f"{s.rho_0:g}, {s.schedule}) and an L-BFGS quench, Metropolis T "
+        f"{s.acceptance_temperature:g}, acceptance {result.acceptance:.2f}; {spent:,} of "
+        f"{s.budget:,} evaluations in {result.seconds:.1f} s "
         f"({spent / max(result.seconds, 1e-9):,.0f}/s)"
     )
-    _print_energies(result.energies, result.known_minimum, result.label, tolerance)
+    _print_energies(result.energies, result.known_minimum, result.label, s.tolerance)
     if result.known_minimum is not None:
         hit = result.first_hit_evaluations
         print(
@@ -240,7 +222,7 @@ def _print_hopping(result: HoppingResult, tolerance: float) -> None:
             else f"first reached the best known minimum after {hit:,} evaluations "
             "(summed over replicas)"
         )
-    _print_diverged(result.diverged, s)
+    _print_diverged(result.diverged, s.temperature_bound, result.radius_bound)
 
 
 def _print_energies(
@@ -259,11 +241,11 @@ def _print_energies(
     )
 
 
-def _print_diverged(diverged: torch.Tensor, settings: dict[str, Any]) -> None:
+def _print_diverged(diverged: torch.Tensor, temperature_bound: float, radius_bound: float) -> None:
     count = int(diverged.sum())
     bounds = (
-        f"kT above {settings['temperature_bound']:.4g} or a particle farther than "
-        f"{settings['radius_bound']:.4g} from its replica's centre at some step"
+        f"kT above {temperature_bound:.4g} or a particle farther than "
+        f"{radius_bound:.4g} from its replica's centre at some step"
     )
     if count:
         shown = ", ".join(str(i) for i in diverged.nonzero().flatten()[:10].tolist())

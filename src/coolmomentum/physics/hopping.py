@@ -22,132 +22,40 @@ known minimum.
 
 from __future__ import annotations
 
-import io
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import atomic_write
-from ..schedules import SCHEDULES
-from ..torch import CoolMomentum
-from ._batch import check_count, check_positive
-from .anneal import (
+from .. import _plot
+from ._batch import check_count, check_positive, independent_seeds
+from .langevin import (
     DIVERGED_TEMPERATURE_FACTOR,
-    ReplicaMinima,
     ReplicaWatch,
-    can_plot,
+    check_cooling,
+    langevin_optimizer,
     langevin_step_,
     noise_std_for_temperature,
-    write_structures,
 )
-from .minimize import Potential, lbfgs
+from .minimize import Potential, QuenchResult, lbfgs
+from .results import ReplicaMinima
 
-__all__ = ["HoppingResult", "annealed_hopping"]
+__all__ = ["HoppingResult", "HoppingSettings", "annealed_hopping"]
 
 # GMIN's step adaptation: every `_ADAPT_EVERY` hops, a replica that accepted more than
 # `_TARGET_ACCEPTANCE` of them widens its step by 1 / `_STEP_FACTOR`, otherwise narrows it.
 _ADAPT_EVERY, _TARGET_ACCEPTANCE, _STEP_FACTOR = 10, 0.5, 0.9
 
 
-@dataclass
-class HoppingResult(ReplicaMinima):
-    """What :func:`annealed_hopping` found. Tensors are on the CPU.
+@dataclass(frozen=True)
+class HoppingSettings:
+    """The settings of :func:`annealed_hopping`, checked when made: a bad one is a ValueError
+    that names it and the values it may take.
 
-    ``energies`` and ``positions`` are each replica's lowest minimum ``(R,)`` and ``(R, N, 3)``;
-    ``evaluations`` counts each replica's energy-and-gradient evaluations (displacements cost
-    none; each annealing step and each quench step costs one). ``first_hit_evaluations`` is
-    the number of evaluations summed over all replicas up to the end of the hop in which a
-    replica first came within ``settings["tolerance"]`` of the known minimum (``None``: none
-    did); ``first_hit_by_replica`` ``(R,)`` is each replica's own count at its first hit
-    (``-1``: none), which describes the walkers as independent runs. ``trace_evaluations``
-    and ``trace_lowest_energy`` give, after the first quench and after each hop, the
-    evaluations spent so far and the lowest minimum so far. ``diverged`` marks replicas whose
-    annealing ever exceeded the bounds of :class:`.anneal.ReplicaWatch`.
-    """
-
-    label: str
-    symbol: str
-    energies: Tensor
-    positions: Tensor
-    known_minimum: float | None
-    evaluations: Tensor
-    hops: int
-    first_hit_evaluations: int | None
-    first_hit_by_replica: Tensor
-    trace_evaluations: Tensor
-    trace_lowest_energy: Tensor
-    acceptance: float
-    diverged: Tensor
-    seconds: float
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_evaluations(self) -> int:
-        return int(self.evaluations.sum())
-
-    def save(self, directory: str | os.PathLike[str]) -> list[Path]:
-        """Write ``best.xyz``, ``replicas.xyz`` (each replica's lowest minimum, lowest first)
-        and, where matplotlib is installed, ``hopping.png`` into ``directory``."""
-        names = write_structures(directory, self.positions, self.energies, self.symbol, self.label)
-        if can_plot():
-            names.append(Path(directory) / "hopping.png")
-            self.plot(names[-1])
-        return names
-
-    def plot(self, path: str | os.PathLike[str]) -> None:
-        """A PNG of the lowest minimum found against the evaluations spent. Written
-        atomically; needs matplotlib."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(7, 4), layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        ax.step(self.trace_evaluations.numpy(), self.trace_lowest_energy.numpy(), where="post",
-                lw=1, label="lowest minimum so far")  # fmt: skip
-        if self.known_minimum is not None:
-            ax.axhline(self.known_minimum, color="k", ls=":", lw=1, label="best known minimum")
-        ax.set_xlabel("energy-and-gradient evaluations, summed over replicas")
-        ax.set_ylabel("energy")
-        ax.set_title(f"{self.label}: annealed hopping, {len(self.energies)} replicas")
-        ax.legend(loc="upper right", fontsize="small")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=120)
-        atomic_write(path, buffer.getvalue())
-
-
-@torch.no_grad()
-def annealed_hopping(
-    potential: Potential,
-    *,
-    replicas: int = 16,
-    budget: int = 100_000,
-    step: float = 0.4,
-    anneal_steps: int = 10,
-    temperature: float = 0.1,
-    lr: float = 1e-3,
-    rho_0: float = 0.5,
-    schedule: str = "linear-temperature",
-    max_force: float | None = 100.0,
-    acceptance_temperature: float = 0.8,
-    fmax: float = 1e-2,
-    quench_steps: int = 2000,
-    tolerance: float = 1e-3,
-    stop_at_minimum: bool = True,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float64,
-) -> HoppingResult:
-    """Search for the global minimum of ``potential`` by annealed basin hopping (module doc).
-
-    Args:
-        potential: the problem, e.g. :class:`.lj.LennardJonesCluster`.
+    Attributes:
         replicas: independent walkers, run as one batch from their own random starts.
         budget: stop once the evaluations summed over replicas reach this (the hop under way
             is finished).
@@ -169,121 +77,280 @@ def annealed_hopping(
         stop_at_minimum: end after the first hop with a hit (where a minimum is known).
         seed: seeds the starts, the displacements, the acceptance and the noise.
     """
-    check_count(replicas, "replicas", 1)
-    check_count(budget, "budget", 1)
-    check_positive(step, "step", allow_zero=True)
-    check_count(anneal_steps, "anneal_steps", 0)
-    check_positive(temperature, "temperature", allow_zero=True)
-    check_positive(lr, "lr")
-    if not 0.0 <= rho_0 < 1.0:
-        raise ValueError(f"rho_0 must be in [0, 1), got {rho_0!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if max_force is not None:
-        check_positive(max_force, "max_force")
-    check_positive(acceptance_temperature, "acceptance_temperature")
-    check_positive(fmax, "fmax")
-    check_count(quench_steps, "quench_steps", 1)
-    check_positive(tolerance, "tolerance")
+
+    replicas: int = 16
+    budget: int = 100_000
+    step: float = 0.4
+    anneal_steps: int = 10
+    temperature: float = 0.1
+    lr: float = 1e-3
+    rho_0: float = 0.5
+    schedule: str = "linear-temperature"
+    max_force: float | None = 100.0
+    acceptance_temperature: float = 0.8
+    fmax: float = 1e-2
+    quench_steps: int = 2000
+    tolerance: float = 1e-3
+    stop_at_minimum: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_count(self.replicas, "replicas", 1)
+        check_count(self.budget, "budget", 1)
+        check_positive(self.step, "step", allow_zero=True)
+        check_count(self.anneal_steps, "anneal_steps", 0)
+        check_positive(self.temperature, "temperature", allow_zero=True)
+        check_positive(self.lr, "lr")
+        check_cooling(self.rho_0, self.schedule)
+        if self.max_force is not None:
+            check_positive(self.max_force, "max_force")
+        check_positive(self.acceptance_temperature, "acceptance_temperature")
+        check_positive(self.fmax, "fmax")
+        check_count(self.quench_steps, "quench_steps", 1)
+        check_positive(self.tolerance, "tolerance")
+        check_count(self.seed, "seed", 0)
+
+    @property
+    def noise_std(self) -> float:
+        """The random force that starts each anneal at ``kT = temperature``."""
+        return noise_std_for_temperature(self.temperature, self.lr, self.rho_0)
+
+    @property
+    def temperature_bound(self) -> float:
+        """A replica whose ``kT`` at one annealing step exceeds this has diverged. A displaced
+        structure releases its strain as heat, so the walk's energy scale, the Metropolis
+        temperature, bounds the anneal's ``kT`` too."""
+        return DIVERGED_TEMPERATURE_FACTOR * max(self.temperature, self.acceptance_temperature)
+
+
+@dataclass
+class HoppingResult(ReplicaMinima):
+    """What :func:`annealed_hopping` found. Tensors are on the CPU.
+
+    ``energies`` and ``positions`` are each replica's lowest minimum ``(R,)`` and ``(R, N, 3)``;
+    ``evaluations`` counts each replica's energy-and-gradient evaluations (displacements cost
+    none; each annealing step and each quench step costs one). ``first_hit_evaluations`` is
+    the number of evaluations summed over all replicas up to the end of the hop in which a
+    replica first came within ``settings.tolerance`` of the known minimum (``None``: none
+    did); ``first_hit_by_replica`` ``(R,)`` is each replica's own count at its first hit
+    (``-1``: none), which describes the walkers as independent runs. ``trace_evaluations``
+    and ``trace_lowest_energy`` give, after the first quench and after each hop, the
+    evaluations spent so far and the lowest minimum so far. ``diverged`` marks replicas whose
+    annealing ever exceeded ``settings.temperature_bound`` or ``radius_bound`` (the
+    potential's ``escape_radius``; ``inf``: none), as :class:`.langevin.ReplicaWatch` does.
+    """
+
+    PLOT_NAME: ClassVar[str] = "hopping.png"
+
+    evaluations: Tensor
+    hops: int
+    first_hit_evaluations: int | None
+    first_hit_by_replica: Tensor
+    trace_evaluations: Tensor
+    trace_lowest_energy: Tensor
+    acceptance: float
+    diverged: Tensor
+    radius_bound: float
+    seconds: float
+    settings: HoppingSettings
+
+    @property
+    def total_evaluations(self) -> int:
+        return int(self.evaluations.sum())
+
+    def plot(self, path: str | os.PathLike[str]) -> None:
+        """A PNG of the lowest minimum found against the evaluations spent. Written
+        atomically; needs matplotlib."""
+        fig, ax = _plot.figure(size=(7, 4))
+        ax.step(self.trace_evaluations.numpy(), self.trace_lowest_energy.numpy(), where="post",
+                lw=1, label="lowest minimum so far")  # fmt: skip
+        if self.known_minimum is not None:
+            ax.axhline(self.known_minimum, color="k", ls=":", lw=1, label="best known minimum")
+        ax.set_xlabel("energy-and-gradient evaluations, summed over replicas")
+        ax.set_ylabel("energy")
+        ax.set_title(f"{self.label}: annealed hopping, {len(self.energies)} replicas")
+        ax.legend(loc="upper right", fontsize="small")
+        _plot.save_png(fig, path)
+
+
+@dataclass
+class _Walk:
+    """The walkers, one per replica, on the device: where each stands, its lowest minimum
+    and its displacement half-width ``step``, and the counts a result reports."""
+
+    current: Tensor
+    current_energy: Tensor
+    best: Tensor
+    best_energy: Tensor
+    step: Tensor
+    evaluations: Tensor
+    accepted: Tensor  # acceptances since the step was last adapted
+    first_hit_by_replica: Tensor  # each replica's evaluations at its first hit (-1: none yet)
+    accepted_total: int = 0
+    hops: int = 0
+    first_hit: int | None = None  # evaluations over all replicas at the first hit
+    trace_evaluations: list[int] = field(default_factory=list)
+    trace_lowest: list[float] = field(default_factory=list)
+
+
+@torch.no_grad()
+def annealed_hopping(
+    potential: Potential,
+    settings: HoppingSettings | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float64,
+    **changes: Any,
+) -> HoppingResult:
+    """Search for the global minimum of ``potential`` by annealed basin hopping (module doc).
+
+    Args:
+        potential: the problem, e.g. :class:`.lj.LennardJonesCluster`.
+        settings: the run's :class:`HoppingSettings`; or give them as keywords, e.g.
+            ``annealed_hopping(potential, replicas=64, budget=10**6)``, which also change the
+            fields of ``settings`` where both are given.
+        device, dtype: where and in what precision the walkers are computed.
+    """
+    settings = HoppingSettings(**changes) if settings is None else replace(settings, **changes)
+    started = time.perf_counter()
     device = torch.device(device)
-    start_seed, move_seed, noise_seed = (
-        int(s) for s in np.random.SeedSequence(seed).generate_state(3, dtype=np.uint64)
-    )
+    start_seed, move_seed, noise_seed = independent_seeds(settings.seed, 3)
     moves = torch.Generator().manual_seed(move_seed)
     noise = torch.Generator(device).manual_seed(noise_seed)
-    noise_std = noise_std_for_temperature(temperature, lr, rho_0)
-    # A displaced structure releases its strain as heat, so the walk's energy scale, the
-    # Metropolis temperature, bounds the anneal's kT too.
-    scale = max(temperature, acceptance_temperature)
     watch = ReplicaWatch(
-        replicas, lr, temperature_bound=DIVERGED_TEMPERATURE_FACTOR * scale,
+        settings.replicas, settings.lr, temperature_bound=settings.temperature_bound,
         radius_bound=potential.escape_radius, dtype=dtype, device=device,
     )  # fmt: skip
-    settings = dict(
-        replicas=replicas, budget=budget, step=step, anneal_steps=anneal_steps,
-        temperature=temperature, lr=lr, rho_0=rho_0, schedule=schedule, max_force=max_force,
-        acceptance_temperature=acceptance_temperature, fmax=fmax, tolerance=tolerance, seed=seed,
-        temperature_bound=watch.temperature_bound, radius_bound=watch.radius_bound,
-    )  # fmt: skip
-    known = potential.known_minimum
-    started = time.perf_counter()
-
-    def quench(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        result = lbfgs(potential, x, fmax=fmax, max_steps=quench_steps)
-        return result.positions, result.energies, result.evaluations
-
-    first_hit_by_replica = torch.full((replicas,), -1, dtype=torch.long, device=device)
-
-    def hit(energies: Tensor) -> bool:
-        """Note the replicas that reach the known minimum; whether any did."""
-        if known is None:
-            return False
-        reached = (energies - known).abs() <= tolerance
-        new = reached & (first_hit_by_replica < 0)
-        first_hit_by_replica.copy_(torch.where(new, evaluations, first_hit_by_replica))
-        return bool(reached.any())
-
     start = potential.random_positions(
-        replicas, generator=torch.Generator().manual_seed(start_seed), dtype=dtype, device=device
+        settings.replicas,
+        generator=torch.Generator().manual_seed(start_seed),
+        dtype=dtype,
+        device=device,
     )
-    current, current_energy, evaluations = quench(start)
-    best, best_energy = current.clone(), current_energy.clone()
-    steps = torch.full((replicas,), step, dtype=dtype, device=device)
-    accepted = torch.zeros(replicas, dtype=torch.long, device=device)
-    accepted_total = 0
-    trace_evaluations = [int(evaluations.sum())]
-    trace_lowest = [float(best_energy.min())]
-    first_hit = trace_evaluations[0] if hit(current_energy) else None
-    hops = 0
-    while trace_evaluations[-1] < budget and not (stop_at_minimum and first_hit is not None):
-        uniform = torch.rand(current.shape, generator=moves, dtype=dtype).to(device)
-        x = current + (2 * uniform - 1) * steps.view(-1, 1, 1)
-        potential.project_(x)
-        if anneal_steps:
-            optimizer = CoolMomentum(
-                [x], lr=lr, rho_0=rho_0,
-                total_steps=None if schedule == "constant" else anneal_steps, schedule=schedule,
-                noise_std=noise_std, generator=noise, track_temperature=False,
-            )  # fmt: skip
-            for _ in range(anneal_steps):
-                langevin_step_(potential, x, optimizer, max_force, watch)
-            x.grad = None
-            evaluations += anneal_steps
-        trial, trial_energy, spent = quench(x)
-        evaluations += spent
-        hops += 1
-        threshold = torch.rand(replicas, generator=moves, dtype=dtype).to(device)
-        change = (trial_energy - current_energy).clamp(min=0)
-        accept = threshold < torch.exp(-change / acceptance_temperature)
-        current = torch.where(accept.view(-1, 1, 1), trial, current)
-        current_energy = torch.where(accept, trial_energy, current_energy)
-        lower = trial_energy < best_energy
-        best = torch.where(lower.view(-1, 1, 1), trial, best)
-        best_energy = torch.where(lower, trial_energy, best_energy)
-        accepted += accept
-        accepted_total += int(accept.sum())
-        if hops % _ADAPT_EVERY == 0:
-            wider = accepted > _TARGET_ACCEPTANCE * _ADAPT_EVERY
-            steps = torch.where(wider, steps / _STEP_FACTOR, steps * _STEP_FACTOR)
-            accepted.zero_()
-        trace_evaluations.append(int(evaluations.sum()))
-        trace_lowest.append(float(best_energy.min()))
-        if hit(trial_energy) and first_hit is None:
-            first_hit = trace_evaluations[-1]
+    walk = _start(potential, start, settings)
+    while not _finished(walk, settings):
+        x = _displace(potential, walk, moves)
+        if settings.anneal_steps:
+            _anneal_hop_(potential, x, settings, noise, watch)
+            walk.evaluations += settings.anneal_steps
+        trial = _quench(potential, x, settings)
+        walk.evaluations += trial.evaluations
+        walk.hops += 1
+        _accept(walk, trial, moves, settings.acceptance_temperature)
+        if walk.hops % _ADAPT_EVERY == 0:
+            _adapt_steps(walk)
+        _record(walk, trial.energies, potential.known_minimum, settings.tolerance)
     return HoppingResult(
         label=potential.label,
         symbol=potential.symbol,
-        energies=best_energy.cpu().double(),
-        positions=best.cpu().double(),
-        known_minimum=known,
-        evaluations=evaluations.cpu(),
-        hops=hops,
-        first_hit_evaluations=first_hit,
-        first_hit_by_replica=first_hit_by_replica.cpu(),
-        trace_evaluations=torch.tensor(trace_evaluations),
-        trace_lowest_energy=torch.tensor(trace_lowest, dtype=torch.float64),
-        acceptance=accepted_total / max(hops * replicas, 1),
+        energies=walk.best_energy.cpu().double(),
+        positions=walk.best.cpu().double(),
+        known_minimum=potential.known_minimum,
+        evaluations=walk.evaluations.cpu(),
+        hops=walk.hops,
+        first_hit_evaluations=walk.first_hit,
+        first_hit_by_replica=walk.first_hit_by_replica.cpu(),
+        trace_evaluations=torch.tensor(walk.trace_evaluations),
+        trace_lowest_energy=torch.tensor(walk.trace_lowest, dtype=torch.float64),
+        acceptance=walk.accepted_total / max(walk.hops * settings.replicas, 1),
         diverged=watch.diverged().cpu(),
+        radius_bound=watch.radius_bound,
         seconds=time.perf_counter() - started,
         settings=settings,
     )
+
+
+def _quench(potential: Potential, x: Tensor, settings: HoppingSettings) -> QuenchResult:
+    return lbfgs(potential, x, fmax=settings.fmax, max_steps=settings.quench_steps)
+
+
+def _start(potential: Potential, start: Tensor, settings: HoppingSettings) -> _Walk:
+    """The walkers at the minima nearest their starts, after the first quench."""
+    replicas = start.shape[0]
+    first_hit_by_replica = torch.full((replicas,), -1, dtype=torch.long, device=start.device)
+    quenched = _quench(potential, start, settings)
+    walk = _Walk(
+        current=quenched.positions,
+        current_energy=quenched.energies,
+        best=quenched.positions.clone(),
+        best_energy=quenched.energies.clone(),
+        step=torch.full((replicas,), settings.step, dtype=start.dtype, device=start.device),
+        evaluations=quenched.evaluations,
+        accepted=torch.zeros(replicas, dtype=torch.long, device=start.device),
+        first_hit_by_replica=first_hit_by_replica,
+    )
+    _record(walk, walk.current_energy, potential.known_minimum, settings.tolerance)
+    return walk
+
+
+def _finished(walk: _Walk, settings: HoppingSettings) -> bool:
+    """Whether the budget is spent or, where asked, a replica has reached the minimum."""
+    spent = walk.trace_evaluations[-1] >= settings.budget
+    return spent or (settings.stop_at_minimum and walk.first_hit is not None)
+
+
+def _displace(potential: Potential, walk: _Walk, moves: torch.Generator) -> Tensor:
+    """Each replica's current minimum with every particle moved uniformly within its
+    ``step`` along each axis (drawn on the CPU from ``moves``, so a seed walks alike on
+    every device)."""
+    current = walk.current
+    uniform = torch.rand(current.shape, generator=moves, dtype=current.dtype).to(current.device)
+    x = current + (2 * uniform - 1) * walk.step.view(-1, 1, 1)
+    potential.project_(x)
+    return x
+
+
+def _anneal_hop_(
+    potential: Potential,
+    x: Tensor,
+    settings: HoppingSettings,
+    noise: torch.Generator,
+    watch: ReplicaWatch,
+) -> None:
+    """Anneal the displaced replicas ``x`` in place: ``anneal_steps`` steps of Langevin
+    dynamics from rest, cooled from ``rho_0`` to 0, the random force drawn from ``noise``."""
+    optimizer = langevin_optimizer(
+        x, steps=settings.anneal_steps, lr=settings.lr, rho_0=settings.rho_0,
+        schedule=settings.schedule, noise_std=settings.noise_std, generator=noise,
+    )  # fmt: skip
+    for _ in range(settings.anneal_steps):
+        langevin_step_(potential, x, optimizer, settings.max_force, watch)
+    x.grad = None
+
+
+def _accept(walk: _Walk, trial: QuenchResult, moves: torch.Generator, temperature: float) -> None:
+    """Move each walker to its trial minimum by the Metropolis rule at ``temperature``
+    (drawn on the CPU from ``moves``), and keep each replica's lowest minimum."""
+    energy = walk.current_energy
+    threshold = torch.rand(energy.shape, generator=moves, dtype=energy.dtype).to(energy.device)
+    change = (trial.energies - energy).clamp(min=0)
+    accept = threshold < torch.exp(-change / temperature)
+    walk.current = torch.where(accept.view(-1, 1, 1), trial.positions, walk.current)
+    walk.current_energy = torch.where(accept, trial.energies, energy)
+    walk.accepted += accept
+    walk.accepted_total += int(accept.sum())
+    lower = trial.energies < walk.best_energy
+    walk.best = torch.where(lower.view(-1, 1, 1), trial.positions, walk.best)
+    walk.best_energy = torch.where(lower, trial.energies, walk.best_energy)
+
+
+def _adapt_steps(walk: _Walk) -> None:
+    """Widen the step of each replica that accepted more than the target share of its hops
+    since the last adaptation, narrow the others' (GMIN's rule)."""
+    wider = walk.accepted > _TARGET_ACCEPTANCE * _ADAPT_EVERY
+    walk.step = torch.where(wider, walk.step / _STEP_FACTOR, walk.step * _STEP_FACTOR)
+    walk.accepted.zero_()
+
+
+def _record(walk: _Walk, energies: Tensor, known: float | None, tolerance: float) -> None:
+    """Trace the evaluations and the lowest minimum so far, and note the replicas whose
+    latest minimum ``energies`` is within ``tolerance`` of the ``known`` minimum."""
+    walk.trace_evaluations.append(int(walk.evaluations.sum()))
+    walk.trace_lowest.append(float(walk.best_energy.min()))
+    if known is None:
+        return
+    reached = (energies - known).abs() <= tolerance
+    new = reached & (walk.first_hit_by_replica < 0)
+    walk.first_hit_by_replica = torch.where(new, walk.evaluations, walk.first_hit_by_replica)
+    if bool(reached.any()) and walk.first_hit is None:
+        walk.first_hit = walk.trace_evaluations[-1]
