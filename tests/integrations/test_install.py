@@ -19,6 +19,7 @@ tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Py
 
 PYPROJECT = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
 IMPORT_NAMES = {"pillow": "PIL"}  # distributions whose import name differs
+REQUIRED_ARGS = {"report": ["out"]}  # the commands' positional arguments
 
 
 def names(requirements: list[str]) -> set[str]:
@@ -35,12 +36,15 @@ def test_the_cli_checks_every_package_of_the_experiments_extra():
 
 
 @pytest.mark.parametrize("absent", cli.EXPERIMENTS_EXTRA)
-def test_cli_without_the_experiments_extra_names_it(monkeypatch, capsys, absent):
+@pytest.mark.parametrize("command", ["compare", "train", "report"])
+def test_harness_commands_without_the_experiments_extra_name_it(
+    monkeypatch, capsys, absent, command
+):
     monkeypatch.setitem(sys.modules, absent, None)  # import machinery: "not installed"
-    assert cli.main(["anneal", "lj", "--atoms", "3"]) == cli.EXIT_USAGE
+    assert cli.main([command, *REQUIRED_ARGS.get(command, [])]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert err == (
-        f"coolmomentum: error: the coolmomentum command needs the [experiments] extra "
+        f"coolmomentum: error: coolmomentum {command} needs the [experiments] extra "
         f'({absent} missing): pip install "coolmomentum[experiments]"\n'
     )
 

@@ -407,6 +407,19 @@ def test_anneal_command_runs_the_librarys_defaults_with_the_problems_start_kt(tm
     assert f"noise_std {result.settings.random_force_std:.4g} (start kT 0.5)" in out
 
 
+def test_anneal_command_needs_no_extra_and_says_the_plot_is_skipped(tmp_path, monkeypatch, capsys):
+    hide_the_experiments_extra(monkeypatch)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal asks for progress
+    argv = ["anneal", "lj", "--atoms", "5", "--replicas", "2", "--steps", "20",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "LJ5: 2 replicas, 20 steps" in out
+    assert "no plot: matplotlib is not installed" in out
+    assert err == ""  # no progress bar without tqdm
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.xyz", "replicas.xyz"]
+
+
 def test_progress_bar_where_tqdm_is_installed(capsys):
     pytest.importorskip("tqdm")
     anneal(LennardJonesCluster(5), replicas=2, steps=20, temperature=0.3, progress=True)
