@@ -52,7 +52,6 @@ def run(opt, num_steps=NUM_STEPS, variable=None, start=0):
     return np.array(xs), variable
 
 
-
 @pytest.mark.parametrize("schedule", [*SCHEDULES, "callable"])
 def test_trajectory_matches_formulas_and_torch(schedule):
     kwargs, rho = schedule_case(schedule)
@@ -137,6 +136,53 @@ def test_stats_report_step_rho_and_temperature():
     stats = opt.stats(reset=False)
     assert stats["temperature"] == pytest.approx(np.mean(mean_sq[10:]), rel=1e-5)
     assert stats["rho"] == 0.0
+
+
+def test_bfloat16_variables_keep_rho_and_lr_in_float32():
+    import ml_dtypes  # a dependency of Keras
+    import torch
+
+    from coolmomentum.torch import CoolMomentum as TorchCoolMomentum
+
+    # One gradient, then zeros: b_k = rho**k b_0, which rho = 0.99 cast to bfloat16 (0.98828)
+    # would leave 5 % short after 30 steps. lr has 11 significant bits: it is no bfloat16
+    # number (that would be 0.10010), and lr * b is exact in float32.
+    rho, lr, steps = 0.99, 1638 / 16384, 30
+    rng = np.random.default_rng(0)
+    x0, g = rng.normal(size=(2, 64)).astype(ml_dtypes.bfloat16).astype("float32")
+    grads = [g if k == 0 else np.zeros_like(g) for k in range(steps)]
+
+    variable = keras.Variable(x0, dtype="bfloat16")
+    opt = CoolMomentum(lr, rho, schedule="constant")  # rho is float32(0.99) on every backend
+    for grad in grads:
+        opt.apply([keras.ops.cast(grad, "bfloat16")], [variable])
+    (momentum,) = [v for v in opt.variables if v.path.endswith("_momentum")]
+
+    # The recurrence with the coefficients in float32 and b and x rounded to bfloat16 when
+    # stored. Exact on every backend: each stored value comes from the same float32
+    # operations, rounded to bfloat16 once; lr * b is exact in float32, so a fused
+    # multiply-add gives x + lr * b as separate ones do.
+    def to_bfloat16(a):
+        return a.astype(ml_dtypes.bfloat16).astype("float32")
+
+    b, x = np.zeros_like(x0), x0
+    for grad in grads:
+        b = to_bfloat16(np.float32(rho) * b - np.float32((1 + rho) / 2) * grad)
+        x = to_bfloat16(x + np.float32(lr) * b)
+    np.testing.assert_array_equal(to_numpy(momentum).astype("float32"), b)
+    np.testing.assert_array_equal(to_numpy(variable).astype("float32"), x)
+
+    # The torch port keeps the same buffer. (Its x is not compared: PyTorch's CPU kernels
+    # round lr to bfloat16 in x += lr * b.)
+    p = torch.tensor(x0, dtype=torch.bfloat16, requires_grad=True)
+    torch_opt = TorchCoolMomentum([p], lr=lr, rho_0=rho, schedule="constant")
+    for grad in grads:
+        p.grad = torch.tensor(grad, dtype=torch.bfloat16)
+        torch_opt.step()
+    np.testing.assert_array_equal(torch_opt.state[p]["momentum_buffer"].float().numpy(), b)
+    # Sums of float32 squares in different orders (in float32 on JAX).
+    torch_temperature = torch_opt.total_stats()["temperature"]
+    assert opt.stats()["temperature"] == pytest.approx(torch_temperature, rel=1e-5)
 
 
 def make_model(seed=0):
