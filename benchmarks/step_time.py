@@ -3,8 +3,8 @@
 Three parameter sets: shaped like ResNet-50 (25.56 M elements in 161 tensors), like a small
 transformer (5.94 M elements in 292 tensors), and 1,804 small tensors (a deeper, narrower
 transformer, 2.20 M elements). Each repetition times one step of every optimizer in turn
-(interleaved, so that drifts of a shared machine hit all alike), and the script prints per
-optimizer:
+(interleaved, so that drifts of a shared machine hit all alike; the turn starts one optimizer
+later at each repetition), and the script prints per optimizer:
 
 - the median time and the medians of the per-repetition ratios to ``SGD(foreach=True)``
   and to ``SGD(fused=True)``;
@@ -18,6 +18,7 @@ optimizer:
 
     python benchmarks/step_time.py                  # CPU; prints the tables
     python benchmarks/step_time.py --record         # also writes benchmarks/results/step_time.md
+    python benchmarks/step_time.py --record --output results.md   # writes results.md instead
     python benchmarks/step_time.py --device cuda    # on a GPU
 
 The results file says whether the machine was idle: the CPU time the other processes used
@@ -119,10 +120,17 @@ def synchronize(device: str) -> None:
 def interleaved_times(
     steps: dict[str, Callable[[], object]], device: str, reps: int, warmup: int
 ) -> dict[str, list[float]]:
-    """Seconds per call of every function, called in turn ``warmup + reps`` times."""
+    """Seconds per call of every function, called in turn ``warmup + reps`` times.
+
+    The turn starts one function later at each repetition, so that no function always runs
+    right after the same one (the one before leaves the caches and the clock in a state of its
+    own): the ratio of two functions then compares them in every position."""
     times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
     for rep in range(warmup + reps):
-        for name, step in steps.items():
+        first = rep % len(names)
+        for name in names[first:] + names[:first]:
+            step = steps[name]
             synchronize(device)
             start = time.perf_counter()
             step()
@@ -329,6 +337,7 @@ def finish(title: str, path: Path, sections: list[str], load_before: Load, write
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0], 40, RESULTS)
     parser.add_argument("--sets", nargs="+", choices=PARAMETER_SETS, default=list(PARAMETER_SETS))
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the file --record writes")
     args = parser.parse_args()
     load_before = start(args)
     sections = []
@@ -344,7 +353,7 @@ def main() -> None:
     for label in args.sets:
         rows = bench(label, PARAMETER_SETS[label](), args.device, args.reps, args.warmup)
         sections += [f"## {label}", "", *rows, ""]
-    finish("Optimizer step time", RESULTS, sections, load_before, args.record)
+    finish("Optimizer step time", args.output, sections, load_before, args.record)
 
 
 if __name__ == "__main__":
