@@ -14,6 +14,8 @@ The model, the data and the run's constants live here so that both sides use the
 
 from __future__ import annotations
 
+import gc
+import glob
 import os
 import sys
 from datetime import timedelta
@@ -22,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch._dynamo  # before the process group: see experiments.distributed.setup
+
+# Before the process group: functions of torch.distributed.nn.functional (which DDP's
+# constructor imports through torch._dynamo) and of ZeRO's module default to
+# `group=dist.group.WORLD`, and a module first imported after init_process_group keeps the
+# group for good (docs/distributed.md, "Ending a run").
+import torch._dynamo
+import torch.distributed.optim
 from torch import nn
 
 import coolmomentum.torch as cm_torch
@@ -358,6 +366,39 @@ def _save(path: Path, result: dict[str, Any]) -> None:
         torch.save(result, path)
 
 
+def _clear_dtensor_caches() -> None:
+    """Empty DTensor's caches, which keep every device mesh they saw (and so its groups)."""
+    from torch.distributed.tensor import _collective_utils, _redistribute, debug
+
+    debug._clear_sharding_prop_cache()  # the sharding decisions (C++ and Python)
+    _redistribute._gen_transform_infos.cache_clear()  # redistribution plans
+    _redistribute._planner_cache.clear()
+    _collective_utils.MeshTopoInfo.build_from_mesh.cache_clear()  # the cost model's topology
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group so that it is freed now, as docs/distributed.md says."""
+    # A rank that leaves while its peer's last collective is still in flight aborts the
+    # peer's gloo threads: meet first.
+    torch.distributed.barrier()
+    _clear_dtensor_caches()
+    # FSDP2 modules and DTensor's redistribution plans sit in reference cycles, which hold
+    # their mesh and so its group.
+    gc.collect()
+    torch.distributed.destroy_process_group()
+
+
+def _gloo_threads() -> list[str]:
+    """The names of this process's gloo threads (Linux: from /proc)."""
+    names = []
+    for comm in glob.glob("/proc/self/task/*/comm"):
+        try:
+            names.append(Path(comm).read_text().strip())
+        except OSError:  # a thread that ended since the listing
+            pass
+    return sorted(name for name in names if "gloo" in name)
+
+
 def main(phase: str, outdir: str) -> None:
     out = Path(outdir)
     if "MASTER_ADDR" in os.environ:
@@ -375,11 +416,11 @@ def main(phase: str, outdir: str) -> None:
         for case in PHASES[phase]:
             case(out)
     finally:
-        # A rank that leaves while its peer's last collective is still in flight aborts the
-        # peer's gloo threads: meet first. The group is then freed, and its threads joined,
-        # before the interpreter shuts down (torch._dynamo came first).
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        _leave_process_group()
+    # The test checks that the group was freed: no gloo thread is left to abort the process
+    # while the interpreter shuts down.
+    rank = os.environ["RANK"]
+    (out / f"{phase}_rank{rank}_gloo_threads.txt").write_text("\n".join(_gloo_threads()))
 
 
 if __name__ == "__main__":

@@ -205,6 +205,21 @@ def test_zero_consolidated_state_dict_resumes_exactly(outdir):
     _assert_identical(_result(outdir, "zero_resumed"), _result(outdir, "zero"))
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the workers list their threads in /proc")
+def test_the_process_group_is_freed_before_the_interpreter_shuts_down(outdir):
+    # A gloo thread still alive while the interpreter shuts down can abort a run that
+    # succeeded ("terminate called without an active exception"). The workers leave the group
+    # as docs/distributed.md says; after destroy_process_group none of its threads is left.
+    records = {
+        f"{phase}_rank{rank}_gloo_threads.txt"
+        for phase in cases.PHASES
+        for rank in range(cases.WORLD)
+    }
+    assert {path.name for path in outdir.glob("*_gloo_threads.txt")} == records
+    for name in sorted(records):
+        assert (outdir / name).read_text() == "", name
+
+
 def test_stats_all_reduce_needs_a_process_group():
     assert not torch.distributed.is_initialized()
     param = torch.nn.Parameter(torch.ones(3))
