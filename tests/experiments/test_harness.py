@@ -597,8 +597,8 @@ def test_validation_split_and_the_final_training_set_loss(data_dir, tmp_path):
 
 
 def test_temperature_is_the_mean_over_every_element_of_every_group():
-    from coolmomentum.experiments.optimizers import RunOptimizer
-    from coolmomentum.experiments.optimizers.kinds import Built, RunContext
+    from coolmomentum.experiments.optimizers import RunContext, RunOptimizer
+    from coolmomentum.experiments.optimizers.kinds import Built
 
     torch.manual_seed(0)
     small, big = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(50))

@@ -19,6 +19,7 @@ from coolmomentum.experiments.distributed import World
 from coolmomentum.experiments.loop import train
 from coolmomentum.experiments.optimizers import (
     OptimizerSpec,
+    RunContext,
     TFRMSprop,
     build_optimizer,
     lr_at,
@@ -111,7 +112,8 @@ def test_momentum_warmup_then_cooling_at_the_global_step_survives_resume(fmnist,
     )
     (spec,) = config.runs
     data = InMemoryData(config, torch.device("cpu"))
-    optimizer = build_optimizer(torch.nn.Linear(1, 1), spec, config, 4).optimizer
+    context = RunContext(steps_per_epoch=4, total_steps=12)
+    optimizer = build_optimizer(torch.nn.Linear(1, 1), spec, context).optimizer
     rho = optimizer.param_groups[0]["schedule"]
     assert rho(4) == 0.0
     assert rho(5) == schedules.rho(5, rho_0=0.99, total_steps=8) > 0.5

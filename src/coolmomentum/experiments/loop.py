@@ -37,7 +37,7 @@ from .control import Control
 from .data import Stream, TrainingData, derived_seed
 from .distributed import World
 from .models import build_model
-from .optimizers import OptimizerSpec, RunOptimizer, build_optimizer
+from .optimizers import OptimizerSpec, RunContext, RunOptimizer, build_optimizer
 from .weight_average import WeightAverage
 
 __all__ = ["Events", "evaluate", "train", "train_step"]
@@ -457,7 +457,9 @@ def _build(config: RunConfig, spec: OptimizerSpec, data: TrainingData, steps_per
     model = model.to(data.device)
     if data.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = build_optimizer(model, spec, config, steps_per_epoch)
+    context = RunContext(steps_per_epoch, config.total_steps(steps_per_epoch))
+    optimizer = build_optimizer(model, spec, context, config.weight_decay_params,
+                                config.recompute_batch_norm)  # fmt: skip
     ema = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     return Run(model, optimizer, ema)
 

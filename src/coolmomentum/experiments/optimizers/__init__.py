@@ -9,7 +9,14 @@
 - ``tf_rmsprop``: the TF RMSProp baseline
 """
 
-from .kinds import KINDS, SCHEDULE_FREE_BN_BATCHES, MomentumReport, MomentumWarmup, kind
+from .kinds import (
+    KINDS,
+    SCHEDULE_FREE_BN_BATCHES,
+    MomentumReport,
+    MomentumWarmup,
+    RunContext,
+    kind,
+)
 from .lr import lr_at
 from .run_optimizer import RunOptimizer, build_optimizer, param_groups
 from .spec import OptimizerSpec, canonical_settings
@@ -21,6 +28,7 @@ __all__ = [
     "MomentumReport",
     "MomentumWarmup",
     "OptimizerSpec",
+    "RunContext",
     "RunOptimizer",
     "TFRMSprop",
     "build_optimizer",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -21,9 +21,6 @@ from coolmomentum.schedules import SCHEDULES, Schedule
 
 from ..settings import ConfigError, check, setting
 from .tf_rmsprop import TFRMSprop
-
-if TYPE_CHECKING:
-    from .spec import OptimizerSpec
 
 __all__ = [
     "KINDS",
@@ -135,7 +132,19 @@ class MomentumReport(NamedTuple):
     temperature: float | None
 
 
-Builder = Callable[[list[dict[str, Any]], "OptimizerSpec", RunContext], Built]
+class Request(Protocol):
+    """What a builder reads of an optimizer's settings (:class:`.spec.OptimizerSpec`)."""
+
+    label: str
+    lr: float
+    weight_decay: float
+    lr_warmup_steps: int
+    lr_schedule: str
+    lr_decay_fraction: float
+    hyperparameters: Any
+
+
+Builder = Callable[[list[dict[str, Any]], Request, RunContext], Built]
 Reporter = Callable[[Built, Any, bool, bool], MomentumReport]
 
 
@@ -209,7 +218,7 @@ class MomentumWarmup:
         return 0.0 if step < self.steps else float(self.cooling(step))
 
 
-def _cooling_arguments(spec: OptimizerSpec, context: RunContext) -> dict[str, Any]:
+def _cooling_arguments(spec: Request, context: RunContext) -> dict[str, Any]:
     """The schedule arguments of a cooling (``rho_0``, ``total_steps``, ``schedule``,
     ``hot_steps``), or with a momentum warm-up, the callable that wraps them. With the ``wsd``
     learning-rate schedule the cooling ends where the decay of the step starts."""
@@ -237,7 +246,7 @@ def _cooling_arguments(spec: OptimizerSpec, context: RunContext) -> dict[str, An
 
 
 def _build_coolmomentum(
-    groups: list[dict[str, Any]], spec: OptimizerSpec, context: RunContext
+    groups: list[dict[str, Any]], spec: Request, context: RunContext
 ) -> Built:
     try:
         cooling = _cooling_arguments(spec, context)
@@ -249,7 +258,7 @@ def _build_coolmomentum(
 def _cooled(optimizer_class: Callable[..., torch.optim.Optimizer]) -> Builder:
     """The builder of ``optimizer_class`` with its momentum (or first beta) cooled."""
 
-    def build(groups: list[dict[str, Any]], spec: OptimizerSpec, context: RunContext) -> Built:
+    def build(groups: list[dict[str, Any]], spec: Request, context: RunContext) -> Built:
         optimizer = optimizer_class(groups, lr=spec.lr, weight_decay=spec.weight_decay)
         try:
             cooling = _cooling_arguments(spec, context)
@@ -262,21 +271,21 @@ def _cooled(optimizer_class: Callable[..., torch.optim.Optimizer]) -> Builder:
     return build
 
 
-def _build_sgd(groups: list[dict[str, Any]], spec: OptimizerSpec, context: RunContext) -> Built:
+def _build_sgd(groups: list[dict[str, Any]], spec: Request, context: RunContext) -> Built:
     h: SGDHyperparameters = spec.hyperparameters
     return Built(torch.optim.SGD(groups, lr=spec.lr, momentum=h.momentum,
                                  weight_decay=spec.weight_decay, nesterov=h.nesterov))  # fmt: skip
 
 
-def _build_adam(groups: list[dict[str, Any]], spec: OptimizerSpec, context: RunContext) -> Built:
+def _build_adam(groups: list[dict[str, Any]], spec: Request, context: RunContext) -> Built:
     return Built(torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay))
 
 
-def _build_adamw(groups: list[dict[str, Any]], spec: OptimizerSpec, context: RunContext) -> Built:
+def _build_adamw(groups: list[dict[str, Any]], spec: Request, context: RunContext) -> Built:
     return Built(torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay))
 
 
-def _schedulefree(spec: OptimizerSpec) -> Any:
+def _schedulefree(spec: Request) -> Any:
     try:
         import schedulefree
     except ImportError:
@@ -288,7 +297,7 @@ def _schedulefree(spec: OptimizerSpec) -> Any:
 
 
 def _build_sgd_schedulefree(
-    groups: list[dict[str, Any]], spec: OptimizerSpec, context: RunContext
+    groups: list[dict[str, Any]], spec: Request, context: RunContext
 ) -> Built:
     """Schedule-free SGD (Defazio et al. 2024), ``lr_warmup_steps`` as its warm-up."""
     return Built(_schedulefree(spec).SGDScheduleFree(
@@ -298,7 +307,7 @@ def _build_sgd_schedulefree(
 
 
 def _build_adamw_schedulefree(
-    groups: list[dict[str, Any]], spec: OptimizerSpec, context: RunContext
+    groups: list[dict[str, Any]], spec: Request, context: RunContext
 ) -> Built:
     """Schedule-free AdamW (Defazio et al. 2024), ``lr_warmup_steps`` as its warm-up."""
     return Built(_schedulefree(spec).AdamWScheduleFree(
@@ -307,7 +316,7 @@ def _build_adamw_schedulefree(
 
 
 def _build_rmsprop_tf(
-    groups: list[dict[str, Any]], spec: OptimizerSpec, context: RunContext
+    groups: list[dict[str, Any]], spec: Request, context: RunContext
 ) -> Built:
     h: TFRMSpropHyperparameters = spec.hyperparameters
     return Built(TFRMSprop(groups, lr=spec.lr, decay=h.rms_decay, momentum=h.momentum, eps=h.eps,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,9 +16,6 @@ from coolmomentum import weight_decay
 from .kinds import SCHEDULE_FREE_BN_BATCHES, Built, MomentumReport, RunContext
 from .lr import lr_at
 from .spec import OptimizerSpec
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
 
 __all__ = ["RunOptimizer", "build_optimizer", "param_groups"]
 
@@ -40,13 +37,18 @@ def param_groups(model: nn.Module, spec: OptimizerSpec, which: str) -> list[dict
 
 
 def build_optimizer(
-    model: nn.Module, spec: OptimizerSpec, config: RunConfig, steps_per_epoch: int
+    model: nn.Module,
+    spec: OptimizerSpec,
+    context: RunContext,
+    weight_decay_params: str = "all",
+    batch_norm_batches: int | None = None,
 ) -> RunOptimizer:
-    """The optimizer of ``spec`` over ``model``'s parameters, for a run of ``config``."""
-    context = RunContext(steps_per_epoch, config.total_steps(steps_per_epoch))
-    groups = param_groups(model, spec, config.weight_decay_params)
+    """The optimizer of ``spec`` over ``model``'s parameters, for a run of ``context``
+    (weight decay on ``weight_decay_params``; batch norm recomputed over
+    ``batch_norm_batches`` before evaluations)."""
+    groups = param_groups(model, spec, weight_decay_params)
     return RunOptimizer(spec.kind.build(groups, spec, context), spec, context,
-                        config.recompute_batch_norm)  # fmt: skip
+                        batch_norm_batches)  # fmt: skip
 
 
 class RunOptimizer:
