@@ -21,6 +21,14 @@ Per workload and budget (the steps of the final runs), in order:
    Two more CoolMomentum rows: the best of the first N CoolMomentum trials in the declared
    order (:data:`COOLMOMENTUM_ARMS`, each arm's trials by lr), N the largest trial count of a
    rival arm at that budget; and the best over every CoolMomentum trial.
+
+Then the **transfer check** (:func:`transfer_stage`), once every budget has its final runs: the
+lr rule the tuned settings suggest, tried on a workload that did not shape it. The rule: each
+CoolMomentum shape's mean effective step, as a multiple of the mean effective step of SGD
+with cosine decay (``lr / (1 - momentum) / 2``) tuned on the same workload and budget; the
+multiple is the geometric mean over every workload and budget. On the check's workload SGD
+is tuned as everywhere, each shape is tried at the lr the rule predicts and at
+``TRANSFER_FACTORS`` times it, and the report says how far the predicted lr was from the best.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +69,7 @@ Results = dict[str, TrialResult]
 EDGE_EXTENSIONS = 2  # a grid whose best trial sits at an edge grows past it, at most this often
 COLLAPSED_BELOW = 0.2  # a trial's accuracy below this: it collapsed (chance is 0.1)
 MOMENTUM_WARMUP_FRACTION = 0.02  # the authors' EfficientNet run: 3,127 of 218,948 steps, 1.4 %
+TRANSFER_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # around the predicted lr
 FIRST_N_LABEL = "coolmomentum-first-n"
 BEST_LABEL = "coolmomentum-best"
 
@@ -159,10 +170,19 @@ class Plan:
     seeds: list[int]  # of the final runs
     rho_0s: list[float]  # tried by the best CoolMomentum shape at the first budget
     archive: str | None = None  # results file of earlier workloads, kept as they are
+    transfer: Workload | None = None  # where the lr rule is checked (one budget)
     data: dict[str, Any] = field(default_factory=dict)  # data_dir, subsets
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """The plan that ``dataclasses.asdict`` gave ``data``."""
+        transfer = data.get("transfer")
+        return cls(**{**data, "workloads": [Workload(**w) for w in data["workloads"]],
+                      "transfer": None if transfer is None else Workload(**transfer)})  # fmt: skip
+
     def workload(self, name: str) -> Workload:
-        return next(w for w in self.workloads if w.name == name)
+        found = [w for w in [*self.workloads, self.transfer] if w is not None and w.name == name]
+        return found[0]
 
 
 FASHION_MNIST = {"dataset": "fashion-mnist", "batch_size": 128, "eval_batch_size": 1000}
@@ -196,8 +216,12 @@ def budgets_plan() -> Plan:
                     "coolmomentum-paper"),
         later_shapes=2,
     )  # fmt: skip
+    lstm = Workload(
+        "lstm", "sequential Fashion-MNIST (28 rows as 28 steps), 2-layer LSTM",
+        {**FASHION_MNIST, "model": "lstm"}, (468,), {"sgd": [0.1, 0.2, 0.4, 0.8, 1.6, 3.2]},
+    )  # fmt: skip
     return Plan([mlp, convnet], validation=10_000, seeds=[0, 1], rho_0s=[0.9, 0.95],
-                archive="study_small.json")  # fmt: skip
+                archive="study_small.json", transfer=lstm)  # fmt: skip
 
 
 PLANS = {"budgets": budgets_plan}
@@ -206,7 +230,8 @@ PLANS = {"budgets": budgets_plan}
 def quick_plan(data_dir: str | None) -> Plan:
     """Every stage of the study on a few dozen images, a few steps and fewer arms: the MLP
     workload at two budgets, one lr per arm at the first, one CoolMomentum shape kept."""
-    mlp = budgets_plan().workloads[0]
+    plan = budgets_plan()
+    mlp = plan.workloads[0]
     arms = ("sgd", "adamw-cooled", "coolmomentum-linear-temperature", "coolmomentum-exponential")
     tiny = {"train_subset": 64, "test_subset": 32, "batch_size": 16, "eval_batch_size": 32}
     workload = dataclasses.replace(
@@ -214,8 +239,12 @@ def quick_plan(data_dir: str | None) -> Plan:
         grids={a: mlp.grids[a][2:3] for a in arms},
         later_arms=(*arms, "coolmomentum-paper"), later_shapes=1, extra_seeds={8: (1,)},
     )  # fmt: skip
+    assert plan.transfer is not None
+    transfer = dataclasses.replace(plan.transfer, settings={**plan.transfer.settings, **tiny},
+                                   budgets=(4,), grids={"sgd": [0.4]})  # fmt: skip
+    data = {"data_dir": data_dir, "sample_every_steps": 1}
     return Plan([workload], validation=32, seeds=[0], rho_0s=[0.95], archive="study_small.json",
-                data={"data_dir": data_dir, "sample_every_steps": 1})  # fmt: skip
+                transfer=transfer, data=data)  # fmt: skip
 
 
 def steps_per_epoch(workload: Workload, plan: Plan, split: str) -> int:
@@ -443,15 +472,87 @@ def stages(plan: Plan, results: Results) -> list[BudgetStage]:
     return out
 
 
+def sgd_mean_effective_step(settings: dict[str, Any]) -> float:
+    """SGD's mean effective step over a run with cosine decay: ``lr / (1 - momentum)`` times
+    the cosine's mean, 1/2."""
+    return settings["lr"] / (1 - settings.get("momentum", 0.0)) / 2
+
+
+def rule_ratios(plan: Plan, all_stages: list[BudgetStage]) -> dict[str, list[float]]:
+    """Per CoolMomentum shape, its tuned mean effective step over tuned SGD's, at every
+    workload and budget where both were chosen."""
+    ratios: dict[str, list[float]] = {}
+    for stage in all_stages:
+        sgd = stage.choices.get("sgd")
+        for label in COOLMOMENTUM_ARMS:
+            chosen = stage.choices.get(label)
+            if sgd is None or chosen is None:
+                continue
+            mean = chosen.optimizer["lr"] * effective_step_integral(
+                chosen.optimizer, trial_steps(chosen, plan))
+            ratios.setdefault(label, []).append(mean / sgd_mean_effective_step(sgd.optimizer))
+    return ratios
+
+
+@dataclass
+class TransferStage:
+    """The lr rule on a workload that did not shape it."""
+
+    workload: Workload
+    budget: int
+    sgd: list[Trial]
+    rule: dict[str, float]  # per shape: the multiple of SGD's mean effective step
+    predicted: dict[str, float] = field(default_factory=dict)  # per shape: the lr
+    trials: dict[str, list[Trial]] = field(default_factory=dict)  # per shape, by factor
+
+    def all_trials(self) -> list[Trial]:
+        return self.sgd + [t for ts in self.trials.values() for t in ts]
+
+
+def transfer_stage(
+    plan: Plan, results: Results, all_stages: list[BudgetStage]
+) -> TransferStage | None:
+    """The transfer check, once every budget of every workload has its final runs."""
+    workload = plan.transfer
+    budgets = sum(len(w.budgets) for w in plan.workloads)
+    if workload is None or len(all_stages) < budgets or not all(s.finals for s in all_stages):
+        return None
+    budget = workload.budgets[0]
+    maker = _Maker(plan, workload, budget)
+    sgd_arm = ARMS["sgd"]
+    rule = {label: math.exp(statistics.mean(math.log(r) for r in ratios))
+            for label, ratios in rule_ratios(plan, all_stages).items()}  # fmt: skip
+    sgd_trials = maker.grid(sgd_arm, workload.grids["sgd"], sgd_arm.settings, results)
+    stage = TransferStage(workload, budget, sgd_trials, rule)
+    sgd = _best(stage.sgd, results)
+    if sgd is None:
+        return stage
+    for label, multiple in rule.items():
+        arm = ARMS[label]
+        draft = maker.trial(arm, {**arm.settings, "lr": 1.0}, stage="transfer")
+        per_lr = effective_step_integral(draft.optimizer, trial_steps(draft, plan))
+        stage.predicted[label] = multiple * sgd_mean_effective_step(sgd.optimizer) / per_lr
+        stage.trials[label] = [
+            maker.trial(arm, {**arm.settings, "lr": stage.predicted[label] * f}, stage="transfer")
+            for f in TRANSFER_FACTORS
+        ]
+    return stage
+
+
 def planned_trials(plan: Plan, results: Results) -> list[Trial]:
     """Every trial that can be planned with ``results``, without repeats, in the order they
-    should run: tuning and finals budget by budget, the extra seeds last."""
+    should run: tuning and finals budget by budget, the transfer check, the extra seeds
+    last."""
     trials: dict[str, Trial] = {}
     extra: dict[str, Trial] = {}
-    for stage in stages(plan, results):
+    all_stages = stages(plan, results)
+    for stage in all_stages:
         for trial in stage.trials():
             later = trial.seed not in plan.seeds and trial.stage == "final"
             (extra if later else trials).setdefault(trial.id, trial)
+    transfer = transfer_stage(plan, results, all_stages)
+    for trial in transfer.all_trials() if transfer else []:
+        trials.setdefault(trial.id, trial)
     return list(trials.values()) + [t for i, t in extra.items() if i not in trials]
 
 

@@ -26,15 +26,18 @@ from .plan import (
     COLLAPSED_BELOW,
     COOLMOMENTUM_ARMS,
     FIRST_N_LABEL,
+    TRANSFER_FACTORS,
     BudgetStage,
     Plan,
     Results,
     Trial,
     effective_step_integral,
     planned_trials,
+    rule_ratios,
     score,
     stages,
     steps_per_epoch,
+    transfer_stage,
     trial_steps,
 )
 from .records import TrialResult, mean_std, write_json
@@ -173,6 +176,7 @@ def write_results(
     lines += _length_section(plan, found, earlier)
     lines += _gap_section(plan, all_stages, results, earlier)
     lines += _first_budget_section(plan, all_stages, results)
+    lines += _transfer_section(plan, all_stages, results)
     figures = {"gap": _gap_figure(plan, all_stages, results, earlier)}
     for stage in all_stages:
         if stage.budget == stage.workload.budgets[0]:
@@ -375,6 +379,43 @@ def _first_budget_section(
                          f"{_accuracy(results[trial.id])} | {mean:.3g} |")  # fmt: skip
         lines.append("")
     return lines
+
+
+def _transfer_section(plan: Plan, all_stages: list[BudgetStage], results: Results) -> list[str]:
+    """The lr rule (each shape's mean effective step over SGD-cosine's, per workload and
+    budget) and its check on the transfer workload."""
+    ratios = rule_ratios(plan, all_stages)
+    if not ratios:
+        return []
+    lines = ["## lr guidance: a rule and its check", "",
+             "CoolMomentum's tuned mean effective step as a multiple of tuned SGD-cosine's "
+             "(`lr / (1 - momentum) / 2`), at each workload and budget:", "",
+             "| shape | multiples | geometric mean |", "|---|---|---:|"]  # fmt: skip
+    for label, values in ratios.items():
+        geometric = statistics.geometric_mean(values)
+        lines.append(f"| {label} | {', '.join(f'{v:.2g}' for v in values)} | {geometric:.2g} |")
+    stage = transfer_stage(plan, results, all_stages)
+    if stage is None:
+        return [*lines, "", "The check waits for every budget's final runs.", ""]
+    sgd = _best_finished(stage.sgd, results)
+    lines += ["", f"The check on {stage.workload.title}, {stage.budget:,} steps (validation "
+              f"accuracy; SGD-cosine tuned there: {describe(sgd.optimizer) if sgd else '-'}, "
+              f"{_accuracy(results.get(sgd.id)) if sgd else '-'}). Each shape at the lr the "
+              f"rule predicts times {', '.join(f'{f:g}' for f in TRANSFER_FACTORS)}:", "",
+              "| shape | predicted lr | val acc at x"
+              + " | x".join(f"{f:g}" for f in TRANSFER_FACTORS) + " |",
+              "|---|---:|" + "---:|" * len(TRANSFER_FACTORS)]  # fmt: skip
+    for label, trials in stage.trials.items():
+        cells = " | ".join(_accuracy(results.get(t.id)) for t in trials)
+        lines.append(f"| {label} | {stage.predicted[label]:.3g} | {cells} |")
+    return [*lines, ""]
+
+
+def _best_finished(trials: list[Trial], results: Results) -> Trial | None:
+    done = [t for t in trials if t.id in results]
+    if not done or len(done) < len(trials):
+        return None
+    return max(done, key=lambda t: score(results[t.id]))
 
 
 def _gap_figure(

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .plan import Plan, Results, Trial, Workload, planned_trials, steps_per_epoch, trial_steps
+from .plan import Plan, Results, Trial, planned_trials, steps_per_epoch, trial_steps
 from .records import Archive, TrialResult, load_results, write_json
 
 __all__ = ["execute", "reused", "run_config", "run_study"]
@@ -205,7 +205,6 @@ def _start(trial: Trial, plan: Plan, work: Path, threads: int) -> subprocess.Pop
 def execute_order(order: str, work: Path, threads: int) -> None:
     """One trial of a ``jobs > 1`` study, in its own process; its result goes to ``done/``."""
     data = json.loads(order)
-    raw = data["plan"]
-    plan = Plan(**{**raw, "workloads": [Workload(**w) for w in raw["workloads"]]})
+    plan = Plan.from_dict(data["plan"])
     trial = Trial(**data["run"])
     _store(work, execute(trial, plan, work, threads), {})

@@ -38,6 +38,10 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     done = sorted(p.name for p in (work / "done").iterdir())
     planned = study.planned_trials(plan, study.load_results(work))
     assert len(done) == len(planned) and {t.budget for t in planned} == {4, 8}
+    # The lr rule's check on the LSTM: SGD tuned there, each shape at 5 multiples of its
+    # predicted lr.
+    transfer = [t for t in planned if t.workload == "lstm"]
+    assert sorted(t.stage for t in transfer) == ["transfer"] * 10 + ["tune"]
 
     rows = json.loads((out / "study_quick.json").read_text())
     for r in rows:
@@ -58,7 +62,8 @@ def test_quick_study_writes_its_tables_and_resumes(study, tmp_path, monkeypatch)
     assert earlier["resnet20", "sgd"]["trials"] == 7  # its tuning table's rows
     report = (out / "study_quick.md").read_text()
     for heading in ("### 4 steps", "### 8 steps", "## Test accuracy against run length",
-                    "## The gap", "## CoolMomentum's shapes at the first budget"):  # fmt: skip
+                    "## The gap", "## CoolMomentum's shapes at the first budget",
+                    "## lr guidance: a rule and its check"):  # fmt: skip
         assert heading in report
     for name in ("gap", "mlp"):
         assert (out / f"study_quick_{name}.png").read_bytes()[:4] == b"\x89PNG"
