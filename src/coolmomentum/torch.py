@@ -134,7 +134,10 @@ class CoolMomentum(Optimizer):
             (deterministic) objectives that have no minibatch noise. Default 0.
         state_dtype: keep the momentum buffers in at least this floating dtype (e.g.
             ``torch.float32`` for ``bfloat16`` parameters, so that small updates are not lost
-            in the buffer); default: each parameter's dtype.
+            in the buffer); default: each parameter's dtype. Parameters narrower than
+            float32 are stepped in float32 on every path (the foreach path, with
+            ``fused=True`` too), their buffer and value rounded once per step each, when
+            stored, as the optax and Keras ports do.
         generator: the ``torch.Generator`` the noise is drawn from, on the parameters'
             device; by default one per device, seeded from ``torch.initial_seed()``. The
             generators' states are saved by ``state_dict()``.
@@ -208,6 +211,8 @@ class CoolMomentum(Optimizer):
             self._generators[str(generator.device)] = generator
         # Validated schedules by their arguments: built once per group, looked up per step.
         self._schedules: dict[tuple[Any, ...], Schedule] = {}
+        # Element counts of the groups' parameter lists, by id (see _element_count).
+        self._element_counts: dict[int, tuple[list[Tensor], int, int]] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -372,7 +377,7 @@ class CoolMomentum(Optimizer):
                 # Sums of v**2 = (lr b)**2 and of element counts: their ratio is the mean, on
                 # one rank or, after summing over ranks, over every shard.
                 acc = group["temperature_sum"]
-                count: int | Tensor = sum(t.numel() for t in params)
+                count: int | Tensor = self._element_count(group, params)
                 lr = coefficients.lr
                 lr_sq = _scalar(lr * lr, acc) if isinstance(lr, Tensor) else lr * lr
                 sq_sum = sq_sum.to(device=acc.device, dtype=acc.dtype) * lr_sq
@@ -384,6 +389,29 @@ class CoolMomentum(Optimizer):
             step.add_(1)
             group["momentum"] = coefficients.rho
         return loss
+
+    def _element_count(self, group: dict[str, Any], params: list[Tensor]) -> int:
+        """The number of elements of ``params``, the group's tensors that have gradients.
+
+        When every parameter of the group has one (the usual case), the count is the
+        group's, counted once per parameter list rather than in a Python loop over its
+        tensors at every step. A list is known by its identity and its length: a group added
+        by ``add_param_group`` is counted anew, and so is a list that grows or shrinks in
+        place. Under ``torch.compile`` the sum is a constant of the traced graph.
+        """
+        group_params = group["params"]
+        if len(params) != len(group_params) or torch.compiler.is_compiling():
+            return sum(t.numel() for t in params)
+        cached = self._element_counts.get(id(group_params))
+        if cached is not None and cached[1] == len(group_params):
+            return cached[2]
+        count = sum(t.numel() for t in params)
+        # Each entry holds its list, so that no other list can take its id; entries of lists
+        # that no group holds any more are dropped.
+        live = {id(g["params"]) for g in self.param_groups}
+        self._element_counts = {k: v for k, v in self._element_counts.items() if k in live}
+        self._element_counts[id(group_params)] = (group_params, len(group_params), count)
+        return count
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Real views of the parameters that have gradients, their gradients and buffers."""
@@ -573,19 +601,22 @@ def _single_tensor_update(
     scalar_mode = not isinstance(rho, Tensor) and not isinstance(lr, Tensor)
     damp = (1 + rho) / 2
     for param, grad, buf in zip(params, grads, bufs, strict=True):
-        if maximize:
-            grad = -grad
-        if weight_decay:
-            if decoupled_weight_decay:
-                param.mul_(_scalar(1 - lr * weight_decay, param))
-            else:
-                grad = grad.add(param, alpha=weight_decay)
-        if scalar_mode:
-            buf.mul_(rho).add_(grad, alpha=-cast(float, damp))
-            param.add_(buf, alpha=cast(float, lr))
+        if _low(param):
+            _update_in_float32([param], [grad], [buf], coefficients, options)
         else:
-            buf.mul_(_scalar(rho, buf)).addcmul_(grad, _scalar(-damp, buf))
-            param.addcmul_(buf, _scalar(lr, buf))
+            if maximize:
+                grad = -grad
+            if weight_decay:
+                if decoupled_weight_decay:
+                    param.mul_(_scalar(1 - lr * weight_decay, param))
+                else:
+                    grad = grad.add(param, alpha=weight_decay)
+            if scalar_mode:
+                buf.mul_(rho).add_(grad, alpha=-cast(float, damp))
+                param.add_(buf, alpha=cast(float, lr))
+            else:
+                buf.mul_(_scalar(rho, buf)).addcmul_(grad, _scalar(-damp, buf))
+                param.addcmul_(buf, _scalar(lr, buf))
         if track_temperature:
             norms.append(torch.linalg.vector_norm(buf, dtype=_norm_dtype(buf)))
     if not track_temperature or not norms:
@@ -607,34 +638,76 @@ def _foreach_update(
         return None
     sq_norms = []
     damp = (1 + rho) / 2
+    scalar_mode = not any(isinstance(x, Tensor) for x in (rho, lr))
     for dev_params, dev_grads, dev_bufs in _by_device_and_dtype(params, grads, bufs):
         p0, b0 = dev_params[0], dev_bufs[0]
-        # The multi-tensor kernels round a Python-number factor to the tensors' dtype (0.99
-        # becomes 0.98828 in bfloat16); a float32 0-d tensor keeps it.
-        scalar_mode = not any(isinstance(x, Tensor) for x in (rho, lr)) and not _low(b0)
-        if maximize:
-            dev_grads = list(torch._foreach_neg(dev_grads))
-        if weight_decay:
-            if decoupled_weight_decay:
-                torch._foreach_mul_(dev_params, _scalar(1 - lr * weight_decay, p0))
-            elif maximize:  # dev_grads is already a copy
-                torch._foreach_add_(dev_grads, dev_params, alpha=weight_decay)
-            else:
-                dev_grads = list(torch._foreach_add(dev_grads, dev_params, alpha=weight_decay))
-        if scalar_mode:
-            torch._foreach_mul_(dev_bufs, rho)
-            torch._foreach_add_(dev_bufs, dev_grads, alpha=-cast(float, damp))
-            torch._foreach_add_(dev_params, dev_bufs, alpha=cast(float, lr))
+        if _low(p0):
+            _update_in_float32(dev_params, dev_grads, dev_bufs, coefficients, options)
         else:
-            n = len(dev_bufs)
-            torch._foreach_mul_(dev_bufs, _scalar(rho, b0))
-            torch._foreach_addcmul_(dev_bufs, dev_grads, [_scalar(-damp, b0)] * n)
-            torch._foreach_addcmul_(dev_params, dev_bufs, [_scalar(lr, b0)] * n)
+            if maximize:
+                dev_grads = list(torch._foreach_neg(dev_grads))
+            if weight_decay:
+                if decoupled_weight_decay:
+                    torch._foreach_mul_(dev_params, _scalar(1 - lr * weight_decay, p0))
+                elif maximize:  # dev_grads is already a copy
+                    torch._foreach_add_(dev_grads, dev_params, alpha=weight_decay)
+                else:
+                    dev_grads = list(torch._foreach_add(dev_grads, dev_params, alpha=weight_decay))
+            if scalar_mode:
+                torch._foreach_mul_(dev_bufs, rho)
+                torch._foreach_add_(dev_bufs, dev_grads, alpha=-cast(float, damp))
+                torch._foreach_add_(dev_params, dev_bufs, alpha=cast(float, lr))
+            else:
+                n = len(dev_bufs)
+                torch._foreach_mul_(dev_bufs, _scalar(rho, b0))
+                torch._foreach_addcmul_(dev_bufs, dev_grads, [_scalar(-damp, b0)] * n)
+                torch._foreach_addcmul_(dev_params, dev_bufs, [_scalar(lr, b0)] * n)
         if track_temperature:
             sq_norms.append(_sum_of_squares(dev_bufs))
     if not track_temperature:
         return None
     return _total(sq_norms)
+
+
+def _update_in_float32(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor],
+    coefficients: Coefficients,
+    options: StepOptions,
+) -> None:
+    """The update of parameters narrower than float32 (bfloat16, float16), in float32.
+
+    As the optax and Keras ports compute it: every coefficient and product in float32, and
+    the buffer and the parameter rounded to their dtypes once each, when stored (the
+    parameter steps with the stored buffer). PyTorch's kernels on these dtypes round more:
+    on the CPU ``add_(b, alpha=lr)`` and ``addcmul_`` round ``lr`` (or ``lr * b``) to
+    bfloat16; on CUDA a 0-d float32 tensor multiplying a bfloat16 one is cast to bfloat16;
+    and ``mul_`` then ``add_`` rounds the buffer twice. Every product is a separate
+    multiplication, never a fused multiply-add, so that each path rounds alike. The tensors
+    share a device, and the buffers a dtype.
+    """
+    weight_decay, decoupled_weight_decay, maximize, _ = options
+    rho, lr = coefficients.rho, coefficients.lr
+    like = params[0]
+    new_params = [p.float() for p in params]  # copies
+    g = [t.float() for t in grads]  # copies
+    if maximize:
+        torch._foreach_neg_(g)
+    if weight_decay and not decoupled_weight_decay:
+        torch._foreach_add_(g, torch._foreach_mul(new_params, weight_decay))
+    torch._foreach_mul_(g, _scalar((1 + rho) / 2, like))
+    # Copies, or the buffers themselves where they are kept in float32 (state_dtype).
+    new_bufs = [b.float() for b in bufs]
+    torch._foreach_mul_(new_bufs, _scalar(rho, like))
+    torch._foreach_sub_(new_bufs, g)
+    if _low(bufs[0]):
+        torch._foreach_copy_(bufs, new_bufs)
+    velocity = torch._foreach_mul([b.float() for b in bufs], _scalar(lr, like))
+    if weight_decay and decoupled_weight_decay:
+        torch._foreach_mul_(new_params, _scalar(1 - lr * weight_decay, like))
+    torch._foreach_add_(new_params, velocity)
+    torch._foreach_copy_(params, new_params)
 
 
 class _Route(enum.Enum):
@@ -655,14 +728,15 @@ def _route(param: Tensor, grad: Tensor, buf: Tensor, rho: float, c_kernel: bool)
     # memory side by side.
     if buf.dtype != param.dtype or not _fused_cpu.dense_alike(param, grad, buf):
         return _Route.FOREACH
-    if param.is_cpu:
-        # The C kernel is built for float32 and float64; PyTorch 2.13's vectorized CPU
-        # kernel computes wrong bfloat16 and float16 buffers (so does SGD(fused=True): a
-        # tensor of 16 or more elements goes wrong), so those run the foreach path.
-        if param.dtype not in _fused_cpu.DTYPES:
-            return _Route.FOREACH
-        if c_kernel:
-            return _Route.C_KERNEL
+    # Parameters narrower than float32 run the foreach path, which computes their step in
+    # float32 (see _update_in_float32). The C kernel is built for float32 and float64 only;
+    # PyTorch's fused SGD kernel steps the parameter with the buffer before it is rounded,
+    # and on the CPU (torch 2.13) computes wrong bfloat16 and float16 buffers in tensors of
+    # 16 or more elements.
+    if _low(param):
+        return _Route.FOREACH
+    if param.is_cpu and c_kernel:
+        return _Route.C_KERNEL
     # PyTorch's kernel keeps no buffer at momentum 0 (see _fused_sgd_update).
     return _Route.FUSED_SGD if rho != 0 else _Route.FOREACH
 
@@ -810,8 +884,7 @@ def _scalar(x: Any, like: Tensor) -> Tensor:
     """``x`` as a 0-d tensor on ``like``'s device, in at least float32 (a no-op if it is one).
 
     Coefficients keep their precision next to low-precision tensors: ``rho = 0.99`` cast to
-    bfloat16 would be 0.98828, ``1 - rho`` off by 17 %. A Python number and a 0-d float
-    tensor on the CPU multiply a bfloat16 tensor the same way (in float32).
+    bfloat16 would be 0.98828, ``1 - rho`` off by 17 %.
     """
     dtype = _norm_dtype(like)
     if isinstance(x, Tensor):

@@ -92,3 +92,62 @@ def test_float32_buffers_survive_a_checkpoint_of_bfloat16_parameters():
     resumed, opt2 = bf16_run(18, {"state_dtype": torch.float32}, start=saved)
     assert opt2.state[resumed]["momentum_buffer"].dtype == torch.float32
     assert torch.equal(resumed, straight)
+
+
+# (weight_decay, decoupled_weight_decay, maximize)
+FLOAT32_REFERENCE_OPTIONS = [(0.0, False, False), (0.05, False, True), (0.05, True, False)]
+
+
+def float32_reference(x0, grads, rhos, lr, dtypes, weight_decay, decoupled, maximize):
+    """The step in float32 (NumPy), the parameter and the buffer rounded to their ``dtypes``
+    when stored: the rule of the optax and Keras ports. Every product is rounded to float32
+    on its own."""
+    f32 = np.float32
+
+    def stored(a, dtype):
+        return torch.from_numpy(a).to(dtype).float().numpy()
+
+    x, b = x0.numpy(), np.zeros(x0.shape, f32)
+    for g, rho in zip(grads, rhos, strict=True):
+        g = -g.numpy() if maximize else g.numpy()
+        if weight_decay and not decoupled:
+            g = g + f32(weight_decay) * x
+        b = stored(f32(rho) * b - f32((1 + rho) / 2) * g, dtypes[1])
+        velocity = f32(lr) * b
+        shrink = f32(1 - lr * weight_decay) if decoupled else f32(1)
+        x = stored(x * shrink + velocity, dtypes[0])
+    return x, b
+
+
+@pytest.mark.parametrize("state_dtype", [None, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("weight_decay", "decoupled", "maximize"), FLOAT32_REFERENCE_OPTIONS)
+@pytest.mark.parametrize(
+    "path", [{}, {"foreach": True}, {"foreach": False}, {"capturable": True, "foreach": True}]
+)
+def test_low_precision_steps_match_the_float32_reference_bit_for_bit(
+    path, weight_decay, decoupled, maximize, dtype, state_dtype
+):
+    # A changing rho, an lr that no 16-bit float holds, and new gradients at every step, so
+    # that every product rounds. One element, a vector's tail (7) and whole vectors (40).
+    rho_0, lr, total_steps, steps = 0.99, 0.1, 8, 12
+    gen = torch.Generator().manual_seed(5)
+    x0s = [torch.randn(n, generator=gen).to(dtype) for n in (1, 7, 40)]
+    grads = [[torch.randn(x.shape, generator=gen).to(dtype) for _ in range(steps)] for x in x0s]
+    params = [x.clone().requires_grad_() for x in x0s]
+    opt = CoolMomentum(params, lr=lr, rho_0=rho_0, total_steps=total_steps,
+                       weight_decay=weight_decay, decoupled_weight_decay=decoupled,
+                       maximize=maximize, state_dtype=state_dtype, **path)  # fmt: skip
+    rhos = []
+    for k in range(steps):
+        for p, gs in zip(params, grads, strict=True):
+            p.grad = gs[k]
+        opt.step()
+        rhos.append(opt.param_groups[0]["momentum"])
+    dtypes = (dtype, state_dtype or dtype)
+    for p, x0, gs in zip(params, x0s, grads, strict=True):
+        x, b = float32_reference(x0.float(), [g.float() for g in gs], [float(r) for r in rhos],
+                                 lr, dtypes, weight_decay, decoupled, maximize)  # fmt: skip
+        assert (p.dtype, opt.state[p]["momentum_buffer"].dtype) == dtypes
+        np.testing.assert_array_equal(opt.state[p]["momentum_buffer"].float().numpy(), b)
+        np.testing.assert_array_equal(p.detach().float().numpy(), x)

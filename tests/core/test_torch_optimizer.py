@@ -652,6 +652,33 @@ def test_total_stats_weigh_each_group_by_its_elements():
     assert opt.total_stats()["rho"] is None  # the groups' rho differ now
 
 
+def test_temperature_counts_follow_the_groups_parameters():
+    a, b, c = (torch.nn.Parameter(torch.zeros(n)) for n in (3, 5, 7))
+    opt = CoolMomentum([a], lr=0.1, total_steps=10)
+
+    def counts(grads):
+        for p in (a, b, c):
+            p.grad = torch.ones_like(p) if p in grads else None
+        opt.step()
+        return [s["temperature_count"] for s in opt.stats()]
+
+    assert counts({a}) == [3]
+    assert counts({a}) == [3]
+    opt.add_param_group({"params": [b]})
+    assert counts({a, b}) == [3, 5]
+    opt.param_groups[1]["params"].append(c)  # the same list, grown in place
+    assert counts({a, b, c}) == [3, 12]
+    assert counts({a, c}) == [3, 7]  # b has no gradient: only the others count
+    assert counts({a, b, c}) == [3, 12]
+    opt.param_groups[0]["params"], opt.param_groups[1]["params"] = [a, b], [c]  # new lists
+    assert counts({a, b, c}) == [8, 7]
+    opt.load_state_dict(opt.state_dict())
+    assert counts({a, b, c}) == [8, 7]
+    del opt.param_groups[0]
+    opt.add_param_group({"params": [a, b]})
+    assert counts({a, b, c}) == [7, 8]
+
+
 def test_each_group_schedule_is_validated_once_not_at_every_step(monkeypatch):
     created = []
     original = Schedule.create.__func__

@@ -172,14 +172,14 @@ def test_bfloat16_variables_keep_rho_and_lr_in_float32():
     np.testing.assert_array_equal(to_numpy(momentum).astype("float32"), b)
     np.testing.assert_array_equal(to_numpy(variable).astype("float32"), x)
 
-    # The torch port keeps the same buffer. (Its x is not compared: PyTorch's CPU kernels
-    # round lr to bfloat16 in x += lr * b.)
+    # The torch port computes the same buffer and variable.
     p = torch.tensor(x0, dtype=torch.bfloat16, requires_grad=True)
     torch_opt = TorchCoolMomentum([p], lr=lr, rho_0=rho, schedule="constant")
     for grad in grads:
         p.grad = torch.tensor(grad, dtype=torch.bfloat16)
         torch_opt.step()
     np.testing.assert_array_equal(torch_opt.state[p]["momentum_buffer"].float().numpy(), b)
+    np.testing.assert_array_equal(p.detach().float().numpy(), x)
     # Sums of float32 squares in different orders (in float32 on JAX).
     torch_temperature = torch_opt.total_stats()["temperature"]
     assert opt.stats()["temperature"] == pytest.approx(torch_temperature, rel=1e-5)
