@@ -33,6 +33,7 @@ import torch._dynamo
 import torch.distributed.optim
 from torch import nn
 
+import coolmomentum._torch_step as cm_step
 import coolmomentum.torch as cm_torch
 from coolmomentum.torch import CoolMomentum
 
@@ -126,9 +127,9 @@ class _UpdateSpy:
 
     def __enter__(self) -> _UpdateSpy:
         for name in ("_foreach_update", "_single_tensor_update", "_fused_update"):
-            original = getattr(cm_torch, name)
+            original = getattr(cm_step, name)
             self._saved[name] = original
-            setattr(cm_torch, name, self._wrap(name, original))
+            setattr(cm_step, name, self._wrap(name, original))
         return self
 
     def _wrap(self, name, original):
@@ -146,7 +147,7 @@ class _UpdateSpy:
 
     def __exit__(self, *exc: object) -> None:
         for name, original in self._saved.items():
-            setattr(cm_torch, name, original)
+            setattr(cm_step, name, original)
 
 
 # --- the cases ------------------------------------------------------------------------------

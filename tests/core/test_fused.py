@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-import coolmomentum.torch as cm_torch
+import coolmomentum._torch_step as cm_step
 from coolmomentum import CoolMomentum, _fused_cpu
 
 # (weight_decay, decoupled_weight_decay, maximize, noise_std)
@@ -89,13 +89,13 @@ def test_without_a_compiler_pytorchs_fused_kernel_runs_the_step(no_compiler, mon
         assert _fused_cpu.library() is None
     assert "failed" in _fused_cpu.build_error()
     calls = []
-    original = cm_torch._fused_sgd_update
+    original = cm_step._fused_sgd_update
 
     def spy(*args, **kwargs):
         calls.append(len(args[0]))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(cm_torch, "_fused_sgd_update", spy)
+    monkeypatch.setattr(cm_step, "_fused_sgd_update", spy)
     options = dict(weight_decay=0.05, decoupled_weight_decay=True, noise_std=0.3)
     assert_same_run(run(fused=True, **options), run(foreach=False, **options))
     # While rho > 0, every float32 and float64 tensor with a gradient and one layout.
