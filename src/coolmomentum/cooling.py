@@ -34,8 +34,9 @@ class MomentumCooling(LRScheduler):
             second left alone).
         total_steps: ``S``, the number of cooling steps; after ``hot_steps + S`` steps the
             momentum is 0 for good. Needed by every schedule but ``"constant"`` and callables.
-        schedule: ``"exponential"`` (default), ``"exponential-temperature"``,
-            ``"linear-temperature"`` (Demon), ``"cosine-temperature"``,
+        schedule: ``"cosine-temperature"`` (the default), ``"linear-temperature"``
+            (Demon), ``"exponential"`` (the paper's Eq. 20; the default when ``alpha`` is
+            given), ``"exponential-temperature"``,
             ``"constant"``, a callable ``step -> rho`` or a
             :class:`~coolmomentum.schedules.Schedule` (then give none of ``rho_0``,
             ``total_steps``, ``alpha``, ``hot_steps``).
@@ -59,7 +60,7 @@ class MomentumCooling(LRScheduler):
         self,
         optimizer: Optimizer,
         total_steps: float | None = None,
-        schedule: str | Callable[[Any], Any] | Schedule = "exponential",
+        schedule: str | Callable[[Any], Any] | Schedule | None = None,
         *,
         rho_0: float | None = None,
         alpha: float | None = None,

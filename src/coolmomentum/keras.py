@@ -30,7 +30,7 @@ from keras import ops
 
 from . import _stats
 from ._numbers import check_number, is_number, schedule_float
-from .schedules import RhoFn, Schedule
+from .schedules import RhoFn, Schedule, resolve_schedule
 
 __all__ = ["CoolMomentum"]
 
@@ -48,8 +48,9 @@ class CoolMomentum(keras.optimizers.Optimizer):
             ``rho`` is 0 for good. Needed by every schedule but ``"constant"`` and callables.
         alpha: the paper's cooling rate, instead of ``total_steps`` for the exponential
             schedule: ``S = ln(1 - rho_0) / ln(alpha)``; ``alpha = 1`` means no cooling.
-        schedule: ``"exponential"`` (paper, default), ``"exponential-temperature"``,
-            ``"linear-temperature"``, ``"cosine-temperature"``,
+        schedule: ``"cosine-temperature"`` (the default), ``"linear-temperature"``,
+            ``"exponential"`` (the paper's Eq. 20; the default when ``alpha`` is given),
+            ``"exponential-temperature"``,
             ``"constant"``, or a callable ``step -> rho`` that
             receives the step as a floating-point backend scalar (use ``keras.ops`` in it).
             A callable cannot be serialized: ``get_config()``, and so ``model.save()``,
@@ -77,7 +78,7 @@ class CoolMomentum(keras.optimizers.Optimizer):
         rho_0: float = 0.99,
         total_steps: float | None = None,
         alpha: float | None = None,
-        schedule: str | RhoFn = "exponential",
+        schedule: str | RhoFn | None = None,
         hot_steps: int = 0,
         track_temperature: bool = True,
         name: str = "coolmomentum",
@@ -92,7 +93,7 @@ class CoolMomentum(keras.optimizers.Optimizer):
         self.rho_0 = rho_0
         self.total_steps = total_steps
         self.alpha = alpha
-        self.schedule = schedule
+        self.schedule = resolve_schedule(schedule, alpha)
         self.hot_steps = hot_steps
         self.track_temperature = track_temperature
 

@@ -76,7 +76,7 @@ def _build_schedule(
     rho_0: float,
     total_steps: float | None,
     alpha: float | None,
-    schedule: str | RhoFn,
+    schedule: str | RhoFn | None,
     hot_steps: int,
 ) -> Schedule:
     given = {"rho_0": rho_0, "total_steps": total_steps, "alpha": alpha, "hot_steps": hot_steps}
@@ -121,7 +121,7 @@ def scale_by_coolmomentum(
     total_steps: float | None = None,
     *,
     alpha: float | None = None,
-    schedule: str | RhoFn = "exponential",
+    schedule: str | RhoFn | None = None,
     hot_steps: int = 0,
     track_temperature: bool = True,
 ) -> optax.GradientTransformation:
@@ -137,8 +137,9 @@ def scale_by_coolmomentum(
             ``rho`` is 0 for good. Needed by every schedule but ``"constant"`` and callables.
         alpha: the paper's cooling rate, instead of ``total_steps`` for the exponential
             schedule: ``S = ln(1 - rho_0) / ln(alpha)``.
-        schedule: ``"exponential"`` (paper, default), ``"exponential-temperature"``,
-            ``"linear-temperature"``, ``"cosine-temperature"``,
+        schedule: ``"cosine-temperature"`` (the default), ``"linear-temperature"``,
+            ``"exponential"`` (the paper's Eq. 20; the default when ``alpha`` is given),
+            ``"exponential-temperature"``,
             ``"constant"``, or a callable ``step -> rho`` that
             receives the step as a floating-point jax scalar (use ``jax.numpy`` in it).
         hot_steps: ``H``, steps held at ``rho_0`` before cooling starts.
@@ -248,7 +249,7 @@ def coolmomentum(
     total_steps: float | None = None,
     *,
     alpha: float | None = None,
-    schedule: str | RhoFn = "exponential",
+    schedule: str | RhoFn | None = None,
     hot_steps: int = 0,
     weight_decay: float | jax.Array = 0.0,
     decoupled_weight_decay: bool = False,

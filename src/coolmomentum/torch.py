@@ -32,7 +32,7 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from . import _stats
 from ._numbers import check_number, schedule_float
 from ._torch_step import Coefficients, StepOptions, _choose_update, _scalar
-from .schedules import RhoFn, Schedule
+from .schedules import RhoFn, Schedule, resolve_schedule
 
 __all__ = ["CoolMomentum"]
 
@@ -62,8 +62,9 @@ class CoolMomentum(Optimizer):
             ``rho`` is 0 for good. Needed by every schedule but ``"constant"`` and callables.
         alpha: the paper's cooling rate, instead of ``total_steps`` for the exponential
             schedule: ``S = ln(1 - rho_0) / ln(alpha)``; ``alpha = 1`` means no cooling.
-        schedule: ``"exponential"`` (paper, default), ``"exponential-temperature"``,
-            ``"linear-temperature"``, ``"cosine-temperature"``,
+        schedule: ``"cosine-temperature"`` (the default), ``"linear-temperature"``,
+            ``"exponential"`` (the paper's Eq. 20; the default when ``alpha`` is given),
+            ``"exponential-temperature"``,
             ``"constant"``, or a callable ``step -> rho``. A callable
             gets an ``int`` in eager mode and a 0-d tensor under ``torch.compile`` or with
             ``capturable=True`` (use torch ops then). It is not saved by ``state_dict()``:
@@ -137,7 +138,7 @@ class CoolMomentum(Optimizer):
         total_steps: float | None = None,
         *,
         alpha: float | None = None,
-        schedule: str | RhoFn = "exponential",
+        schedule: str | RhoFn | None = None,
         hot_steps: int = 0,
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
@@ -211,6 +212,8 @@ class CoolMomentum(Optimizer):
         every = group["temperature_every"]
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise ValueError(f"temperature_every must be an integer >= 1, got {every!r}")
+        # No schedule named: Eq. 20 where the group gives its rate alpha, else the default.
+        group["schedule"] = resolve_schedule(group["schedule"], group["alpha"])
         self._schedule(group)  # raises ValueError naming the bad schedule argument
         for key in _GROUP_STATE:
             if key in group and not isinstance(group[key], Tensor):

@@ -8,6 +8,7 @@ import torch
 from _reference import reference_rho
 
 from coolmomentum import CoolMomentum, MomentumCooling, Schedule
+from coolmomentum.schedules import DEFAULT_SCHEDULE
 
 S, HOT, STEPS, LR = 12, 3, 20, 0.05  # STEPS runs past the end of the cooling
 
@@ -109,7 +110,7 @@ def test_tensor_betas_are_updated_in_place():
     opt.step()
     sched.step()
     assert opt.param_groups[0]["betas"][0] is betas[0]
-    assert betas[0].item() == pytest.approx(reference_rho(1, "exponential", 0.9, 4), abs=1e-7)
+    assert betas[0].item() == pytest.approx(reference_rho(1, DEFAULT_SCHEDULE, 0.9, 4), abs=1e-7)
 
 
 def test_resume_from_state_dict_continues_exactly():
@@ -165,7 +166,7 @@ def test_learning_rate_is_left_to_other_schedulers():
         cooling.step()
         assert opt.param_groups[0]["lr"] == 0.5**k
         assert opt.param_groups[0]["momentum"] == pytest.approx(
-            reference_rho(k, "exponential", 0.9, S), abs=1e-15
+            reference_rho(k, DEFAULT_SCHEDULE, 0.9, S), abs=1e-15
         )
 
 

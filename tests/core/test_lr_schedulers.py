@@ -13,6 +13,7 @@ from _reference import reference_rho, reference_trajectory, schedule_case, torch
 from torch.optim import lr_scheduler
 
 from coolmomentum import CoolMomentum
+from coolmomentum.schedules import DEFAULT_SCHEDULE
 
 PATHS = {
     "single": {"foreach": False},
@@ -92,7 +93,11 @@ def test_forloop_goes_right_direction_with_lr_schedulers(scheduler, rho_0):
     weight, bias, inputs = quadratic(seed=1)
     x = inputs[0].float()
     w, b = weight.float().requires_grad_(), bias.float().requires_grad_()
-    opt = CoolMomentum([w, b], lr=1e-2, rho_0=rho_0, total_steps=20, foreach=False)
+    # Eq. 20 cools fast enough for 20 steps to settle; at rho_0 0.99 the temperature shapes
+    # keep rho near 0.99 over most of so short a run, and the loss still oscillates at its end.
+    opt = CoolMomentum(
+        [w, b], lr=1e-2, rho_0=rho_0, total_steps=20, schedule="exponential", foreach=False
+    )
     sched = SCHEDULERS[scheduler](opt)
 
     def loss():
@@ -123,7 +128,7 @@ def test_parameters_stop_where_the_lr_is_zero_and_the_schedule_goes_on(path):
     assert opt.stats()[0]["step"] == 8
     b = 0.0
     for k in range(8):
-        rho = reference_rho(k, "exponential", 0.99, 10)
+        rho = reference_rho(k, DEFAULT_SCHEDULE, 0.99, 10)
         b = rho * b - (1 + rho) / 2
     torch.testing.assert_close(
         opt.state[weight]["momentum_buffer"], torch.full_like(weight, b), rtol=1e-12, atol=0

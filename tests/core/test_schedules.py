@@ -11,10 +11,12 @@ import pytest
 from _reference import reference_rho
 
 from coolmomentum.schedules import (
+    DEFAULT_SCHEDULE,
     SCHEDULES,
     Schedule,
     alpha_from_total_steps,
     coolmomentum_to_sgd,
+    resolve_schedule,
     rho,
     sgd_to_coolmomentum,
     temperature_ratio,
@@ -68,7 +70,25 @@ def test_alpha_and_total_steps_describe_the_same_schedule():
     assert alpha == pytest.approx((1 - 0.99) ** (1 / S), rel=1e-15)
     assert total_steps_from_alpha(alpha, 0.99) == pytest.approx(S, rel=1e-12)
     for k in (0, 1, 100, 1000, 1233, 1234, 5000):
-        assert rho(k, alpha=alpha) == pytest.approx(rho(k, total_steps=S), abs=1e-13)
+        exponential = rho(k, total_steps=S, schedule="exponential")
+        assert rho(k, alpha=alpha) == pytest.approx(exponential, abs=1e-13)
+
+
+def test_the_default_schedule_is_cosine_temperature_and_alpha_means_the_papers_eq_20():
+    S = 40
+    for k in (0, 1, 10, 20, 39, 40, 41):
+        assert rho(k, total_steps=S) == pytest.approx(
+            reference_rho(k, "cosine-temperature", 0.99, S), rel=1e-12, abs=1e-15
+        )
+        assert rho(k, alpha=alpha_from_total_steps(S, 0.99)) == pytest.approx(
+            reference_rho(k, "exponential", 0.99, S), abs=1e-13
+        )
+    assert DEFAULT_SCHEDULE == "cosine-temperature"
+    assert resolve_schedule(None, None) == "cosine-temperature"
+    assert resolve_schedule(None, 0.999) == "exponential"
+    assert resolve_schedule("linear-temperature", None) == "linear-temperature"
+    with pytest.raises(ValueError, match="alpha is the cooling rate of the 'exponential'"):
+        Schedule.create(alpha=0.999, schedule="cosine-temperature")
 
 
 def test_alpha_one_means_no_cooling():

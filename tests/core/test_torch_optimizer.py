@@ -9,7 +9,7 @@ import torch
 from _reference import empty_window, reference_rho
 
 from coolmomentum import CoolMomentum
-from coolmomentum.schedules import Schedule
+from coolmomentum.schedules import DEFAULT_SCHEDULE, Schedule
 
 SCHEDULE_CASES = [
     ("exponential", 0),
@@ -182,9 +182,25 @@ def test_paper_alpha_gives_the_same_trajectory_as_total_steps():
     a, b = make_net(), make_net()
     alpha = (1 - 0.99) ** (1 / S)
     train_steps(a, CoolMomentum(a.parameters(), lr=0.05, alpha=alpha), 25)
-    train_steps(b, CoolMomentum(b.parameters(), lr=0.05, total_steps=S), 25)
+    train_steps(b, CoolMomentum(b.parameters(), lr=0.05, total_steps=S, schedule="exponential"), 25)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-12)
+
+
+def test_with_no_schedule_named_the_groups_cool_along_cosine_temperature_or_eq_20_with_alpha():
+    x = torch.zeros(3, requires_grad=True)
+    default = CoolMomentum([x], lr=0.1, total_steps=20)
+    paper = CoolMomentum([x], lr=0.1, alpha=(1 - 0.99) ** (1 / 20))
+    assert default.param_groups[0]["schedule"] == "cosine-temperature"
+    assert paper.param_groups[0]["schedule"] == "exponential"
+    for _ in range(7):
+        x.grad = torch.ones(3)
+        default.step()
+        paper.step()
+    assert default.stats()[0]["rho"] == pytest.approx(
+        reference_rho(6, "cosine-temperature", 0.99, 20)
+    )
+    assert paper.stats()[0]["rho"] == pytest.approx(reference_rho(6, "exponential", 0.99, 20))
 
 
 def grads_for(params, k):
@@ -323,7 +339,7 @@ def test_param_groups_follow_their_own_schedules():
         a.grad, b.grad = torch.ones(2), torch.ones(2)
         opt.step()
     s_a, s_b = opt.stats()
-    assert s_a["rho"] == pytest.approx(reference_rho(4, "exponential", 0.99, 8))
+    assert s_a["rho"] == pytest.approx(reference_rho(4, DEFAULT_SCHEDULE, 0.99, 8))
     assert s_b["rho"] == pytest.approx(reference_rho(4, "linear-temperature", 0.5, 8, 2))
     assert (s_a["lr"], s_b["lr"]) == (0.1, 0.2)
 
@@ -367,7 +383,7 @@ def test_maximize_ascends_what_minimize_descends():
 @pytest.mark.parametrize("path", PATHS)
 def test_l2_weight_decay_adds_to_the_gradient(path):
     xs, mats, offsets = quadratic_problem(seed=4)
-    ref, _, _ = run_reference(xs, mats, offsets, 10, 0.05, 0.9, 6, "exponential", 0, wd=0.3)
+    ref, _, _ = run_reference(xs, mats, offsets, 10, 0.05, 0.9, 6, DEFAULT_SCHEDULE, 0, wd=0.3)
     got, _, _ = run_torch(
         xs, mats, offsets, 10, lr=0.05, rho_0=0.9, total_steps=6, weight_decay=0.3, **PATHS[path]
     )
@@ -572,7 +588,7 @@ def test_momentum_mirrors_the_rho_of_every_step_in_each_group():
         a.grad, b.grad = torch.ones(2), torch.ones(2)
         opt.step()
         assert opt.param_groups[0]["momentum"] == pytest.approx(
-            reference_rho(k, "exponential", 0.99, 6), abs=1e-15
+            reference_rho(k, DEFAULT_SCHEDULE, 0.99, 6), abs=1e-15
         )
         assert opt.param_groups[1]["momentum"] == pytest.approx(
             reference_rho(k, "linear-temperature", 0.5, 6), abs=1e-15
@@ -617,7 +633,9 @@ def test_momentum_round_trips_through_a_weights_only_state_dict():
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
     saved = torch.load(buf, weights_only=True)
-    assert saved["param_groups"][0]["momentum"] == reference_rho(4, "exponential", 0.99, 10, 2)
+    assert saved["param_groups"][0]["momentum"] == pytest.approx(
+        reference_rho(4, DEFAULT_SCHEDULE, 0.99, 10, 2), abs=1e-15
+    )
     again = CoolMomentum(make_net().parameters(), lr=0.05, total_steps=10, hot_steps=2)
     assert again.param_groups[0]["momentum"] == 0.99
     again.load_state_dict(saved)
@@ -708,7 +726,7 @@ def test_each_group_schedule_is_validated_once_not_at_every_step(monkeypatch):
 def test_temperature_every_k_steps_is_the_mean_over_the_measured_steps(path):
     every, steps = 3, 10
     xs, mats, offsets = quadratic_problem()
-    _, ref_temps, _ = run_reference(xs, mats, offsets, steps, 0.05, 0.9, 12, "exponential", 0)
+    _, ref_temps, _ = run_reference(xs, mats, offsets, steps, 0.05, 0.9, 12, DEFAULT_SCHEDULE, 0)
     _, opt, _ = run_torch(xs, mats, offsets, steps, lr=0.05, rho_0=0.9, total_steps=12,
                           temperature_every=every, **ALL_PATHS[path])  # fmt: skip
     (stats,) = opt.stats()

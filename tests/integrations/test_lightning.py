@@ -19,12 +19,14 @@ from _reference import reference_rho  # noqa: E402
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
+from coolmomentum.schedules import DEFAULT_SCHEDULE  # noqa: E402
+
 HERE = Path(__file__).parent
 OPTIMIZERS = ["coolmomentum", "sgd-cooled"]
 
 
 def rho(k: int) -> float:
-    return reference_rho(k, "exponential", cases.RHO_0, cases.STEPS)
+    return reference_rho(k, DEFAULT_SCHEDULE, cases.RHO_0, cases.STEPS)
 
 
 def logged(path: Path, column: str) -> dict[int, float]:

@@ -14,6 +14,8 @@ import torch
 from _installed import require
 from _reference import reference_rho
 
+from coolmomentum.schedules import DEFAULT_SCHEDULE
+
 transformers = require("transformers", "transformers")
 
 from coolmomentum import CoolMomentum, MomentumCooling  # noqa: E402
@@ -115,7 +117,7 @@ def test_rho_cools_and_lr_stays_constant(tmp_path, way):
     run = trainer(model, arguments(tmp_path), record, **passed)
     run.train()
     assert record.lr == [LR] * STEPS
-    expected = [reference_rho(k, "exponential", RHO_0, STEPS) for k in range(STEPS)]
+    expected = [reference_rho(k, DEFAULT_SCHEDULE, RHO_0, STEPS) for k in range(STEPS)]
     assert record.after == pytest.approx(expected, abs=1e-12)
     assert run.optimizer.optimizer.stats()[0]["step"] == STEPS  # inside accelerate's wrapper
 
@@ -128,7 +130,7 @@ def test_resume_from_a_trainer_checkpoint_continues_the_schedule(tmp_path):
     resumed, record = tiny_bert(), Record()
     run = trainer(resumed, args, record, optimizer_cls_and_kwargs=(CoolMomentum, COOLMOMENTUM))
     run.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{STEPS // 2}"))
-    expected = [reference_rho(k, "exponential", RHO_0, STEPS) for k in range(STEPS // 2, STEPS)]
+    expected = [reference_rho(k, DEFAULT_SCHEDULE, RHO_0, STEPS) for k in range(STEPS // 2, STEPS)]
     assert record.after == pytest.approx(expected, abs=1e-12)  # not restarted from rho_0
     for name, value in resumed.state_dict().items():
         torch.testing.assert_close(value, whole.state_dict()[name], rtol=0, atol=0)

@@ -27,6 +27,7 @@ from _reference import (  # noqa: E402
 )
 
 from coolmomentum.keras import CoolMomentum  # noqa: E402
+from coolmomentum.schedules import DEFAULT_SCHEDULE  # noqa: E402
 
 # float32 against float64 over NUM_STEPS steps: the largest difference seen is 2.5e-7.
 TOL = {"rtol": 1e-6, "atol": 1e-6}
@@ -87,7 +88,7 @@ def test_keras_weight_decay_is_the_decoupled_form():
     kwargs = {"rho_0": RHO_0, "total_steps": TOTAL_STEPS}
     xs, _ = run(CoolMomentum(LR, **kwargs, weight_decay=0.25))
     expected, _ = reference_trajectory(
-        lambda k: reference_rho(k, "exponential"), weight_decay=0.25, decoupled=True
+        lambda k: reference_rho(k, DEFAULT_SCHEDULE), weight_decay=0.25, decoupled=True
     )
     np.testing.assert_allclose(xs, expected, **TOL)
     torch_xs = torch_trajectory(**kwargs, weight_decay=0.25, decoupled_weight_decay=True)

@@ -33,6 +33,7 @@ from coolmomentum.optax import (  # noqa: E402
     reset_temperature,
     scale_by_coolmomentum,
 )
+from coolmomentum.schedules import DEFAULT_SCHEDULE  # noqa: E402
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def test_trajectory_matches_formulas_and_torch(x64, schedule):
 def test_alpha_is_the_papers_cooling_rate(x64):
     alpha = (1 - RHO_0) ** (1 / TOTAL_STEPS)
     by_alpha, _, _ = run(coolmomentum(LR, RHO_0, alpha=alpha))
-    by_steps, _, _ = run(coolmomentum(LR, RHO_0, TOTAL_STEPS))
+    by_steps, _, _ = run(coolmomentum(LR, RHO_0, TOTAL_STEPS, schedule="exponential"))
     np.testing.assert_allclose(by_alpha, by_steps, rtol=1e-12, atol=1e-12)
 
 
@@ -80,7 +81,7 @@ def test_alpha_is_the_papers_cooling_rate(x64):
 def test_weight_decay_matches_formulas_and_torch(x64, decoupled):
     kwargs = {"rho_0": RHO_0, "total_steps": TOTAL_STEPS, "weight_decay": 0.3}
     expected, _ = reference_trajectory(
-        lambda k: reference_rho(k, "exponential"), weight_decay=0.3, decoupled=decoupled
+        lambda k: reference_rho(k, DEFAULT_SCHEDULE), weight_decay=0.3, decoupled=decoupled
     )
     xs, _, _ = run(coolmomentum(LR, **kwargs, decoupled_weight_decay=decoupled))
     np.testing.assert_allclose(xs, expected, rtol=1e-12, atol=1e-12)
@@ -97,7 +98,10 @@ def test_learning_rate_schedule_enters_the_recurrence(x64):
     for decoupled in (False, True):
         kwargs = {"rho_0": RHO_0, "total_steps": TOTAL_STEPS, "weight_decay": 0.3}
         expected, _ = reference_trajectory(
-            lambda k: reference_rho(k, "exponential"), lr=lr, weight_decay=0.3, decoupled=decoupled
+            lambda k: reference_rho(k, DEFAULT_SCHEDULE),
+            lr=lr,
+            weight_decay=0.3,
+            decoupled=decoupled,
         )
         xs, _, _ = run(coolmomentum(lr, **kwargs, decoupled_weight_decay=decoupled))
         np.testing.assert_allclose(xs, expected, rtol=1e-12, atol=1e-12)
@@ -124,7 +128,7 @@ def test_jit_matches_eager_in_float32():
     assert jitted.dtype == np.float32
     np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
     expected, _ = reference_trajectory(
-        lambda k: reference_rho(k, "exponential", hot=HOT_STEPS), weight_decay=0.1
+        lambda k: reference_rho(k, DEFAULT_SCHEDULE, hot=HOT_STEPS), weight_decay=0.1
     )
     np.testing.assert_allclose(jitted, expected, rtol=1e-5, atol=1e-5)
 
@@ -201,7 +205,7 @@ def test_inject_hyperparams_learning_rate(x64):
         return LR if k < 10 else LR / 2
 
     expected, _ = reference_trajectory(
-        lambda k: reference_rho(k, "exponential", hot=HOT_STEPS), lr=lr
+        lambda k: reference_rho(k, DEFAULT_SCHEDULE, hot=HOT_STEPS), lr=lr
     )
     np.testing.assert_allclose(np.concatenate([xs1, xs2]), expected, rtol=1e-12, atol=1e-12)
     assert read_stats(state)["step"] == NUM_STEPS

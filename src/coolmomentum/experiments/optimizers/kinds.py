@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from coolmomentum import CoolMomentum, MomentumCooling
-from coolmomentum.schedules import SCHEDULES, Schedule
+from coolmomentum.schedules import DEFAULT_SCHEDULE, SCHEDULES, Schedule
 
 from ..settings import ConfigError, check, setting
 from .tf_rmsprop import TFRMSprop
@@ -58,7 +58,7 @@ class CoolingHyperparameters:
     beta) of a cooled optimizer."""
 
     rho_0: float = setting(0.99, "the starting momentum coefficient of the cooling")
-    schedule: str = setting("exponential", "the cooling schedule", choices=SCHEDULES)
+    schedule: str = setting(DEFAULT_SCHEDULE, "the cooling schedule", choices=SCHEDULES)
     total_steps: int | None = setting(
         None, "cooling steps (default: every step of the run after the hot phase)"
     )
