@@ -20,7 +20,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -433,7 +433,10 @@ def _evaluations(
     name = data.eval_name
     epoch = max(run.step - 1, 0) // data.steps_per_epoch()
     out: dict[str, Any] = {}
-    with run.optimizer.evaluation_weights(run.model, lambda: data.train_batches(epoch)):
+    with (
+        run.optimizer.evaluation_weights(run.model, lambda: data.train_batches(epoch)),
+        _main_rank_buffers(run.model, data.world),
+    ):
         out.update({f"{name}_{k}": v for k, v in evaluate(run.model, data).items()})
         if final and config.final_train_loss:
             train_set = evaluate(run.model, data, training_set=True)
@@ -446,6 +449,27 @@ def _evaluations(
         average.update(evaluate(run.ema.model, data))
     out.update({f"ema_{name}_{k}": v for k, v in average.items()})
     return out
+
+
+@contextmanager
+def _main_rank_buffers(model: nn.Module, world: World) -> Iterator[None]:
+    """Every rank evaluates its shard with rank 0's buffers (batch norm's running statistics,
+    which a checkpoint saves), so that an evaluation owed after a resume sees what the
+    uninterrupted run saw; each rank's own buffers are put back afterwards, and training is
+    not changed."""
+    if not world.active:
+        yield
+        return
+    buffers = list(model.buffers())
+    own = [b.clone() for b in buffers]
+    for b in buffers:
+        torch.distributed.broadcast(b, 0)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in zip(buffers, own, strict=True):
+                b.copy_(saved)
 
 
 def _build(config: RunConfig, spec: OptimizerSpec, data: TrainingData, steps_per_epoch: int) -> Run:
