@@ -309,11 +309,15 @@ def test_set_changes_one_run_and_lr_decay_steps_the_learning_rate(data_dir, tmp_
         "sgd.lr_decay=1:0.5,2:0.1",
         "--set",
         "sgd.lr_schedule=constant",
+        "--set",
+        "adam.lr=0.001",
+        "--set",
+        "adam.lr_schedule=cosine",
     )
     sgd = load_metrics(out / "sgd")
     assert [m["lr"] for m in sgd] == pytest.approx([0.2, 0.1, 0.02])
-    # The demo's Adam decays along a cosine over the run's 12 steps; each record holds the lr
-    # of its epoch's last step.
+    # Adam (not in the demo: made from its defaults) decays along a cosine over the run's 12
+    # steps; each record holds the lr of its epoch's last step.
     cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 12)) for k in (3, 7, 11)]
     adam = load_metrics(out / "adam")
     assert [m["lr"] for m in adam] == pytest.approx(cosine, rel=1e-12)
