@@ -57,6 +57,7 @@ __all__ = [
     "Trial",
     "Workload",
     "effective_step_integral",
+    "mean_effective_step",
     "planned_trials",
     "quick_plan",
     "score",
@@ -478,6 +479,18 @@ def sgd_mean_effective_step(settings: dict[str, Any]) -> float:
     return settings["lr"] / (1 - settings.get("momentum", 0.0)) / 2
 
 
+def mean_effective_step(trial: Trial, plan: Plan) -> float | None:
+    """The step ``trial`` takes on average, comparable between momentum-SGD-like optimizers:
+    CoolMomentum's ``lr (1 + rho) / (2 (1 - rho))`` averaged over the run, SGD-cosine's
+    ``lr / (1 - momentum) / 2``; none for the adaptive and schedule-free optimizers."""
+    settings = trial.optimizer
+    if settings["optimizer"] == "coolmomentum":
+        return settings["lr"] * effective_step_integral(settings, trial_steps(trial, plan))
+    if settings["optimizer"] == "sgd" and settings.get("lr_schedule") == "cosine":
+        return sgd_mean_effective_step(settings)
+    return None
+
+
 def rule_ratios(plan: Plan, all_stages: list[BudgetStage]) -> dict[str, list[float]]:
     """Per CoolMomentum shape, its tuned mean effective step over tuned SGD's, at every
     workload and budget where both were chosen."""
@@ -488,8 +501,8 @@ def rule_ratios(plan: Plan, all_stages: list[BudgetStage]) -> dict[str, list[flo
             chosen = stage.choices.get(label)
             if sgd is None or chosen is None:
                 continue
-            mean = chosen.optimizer["lr"] * effective_step_integral(
-                chosen.optimizer, trial_steps(chosen, plan))
+            mean = mean_effective_step(chosen, plan)
+            assert mean is not None  # a CoolMomentum arm
             ratios.setdefault(label, []).append(mean / sgd_mean_effective_step(sgd.optimizer))
     return ratios
 

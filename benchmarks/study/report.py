@@ -31,15 +31,13 @@ from .plan import (
     Plan,
     Results,
     Trial,
-    effective_step_integral,
+    mean_effective_step,
     planned_trials,
     rule_ratios,
     score,
-    sgd_mean_effective_step,
     stages,
     steps_per_epoch,
     transfer_stage,
-    trial_steps,
 )
 from .records import TrialResult, mean_std, write_json
 
@@ -233,18 +231,6 @@ def _at_edge(trials: list[Trial], chosen: Trial) -> bool:
     return len(same) > 1 and chosen.optimizer["lr"] in (min(same), max(same))
 
 
-def _mean_effective_step(trial: Trial, plan: Plan) -> float | None:
-    """The step a run takes on average, comparable between momentum-SGD-like optimizers:
-    CoolMomentum's ``lr (1 + rho) / (2 (1 - rho))`` averaged over the run, SGD-cosine's
-    ``lr / (1 - momentum) / 2``; none for the adaptive and schedule-free optimizers."""
-    settings = trial.optimizer
-    if settings["optimizer"] == "coolmomentum":
-        return settings["lr"] * effective_step_integral(settings, trial_steps(trial, plan))
-    if settings["optimizer"] == "sgd" and settings.get("lr_schedule") == "cosine":
-        return sgd_mean_effective_step(settings)
-    return None
-
-
 def _stage_section(plan: Plan, stage: BudgetStage, results: Results) -> list[str]:
     epochs = stage.budget / steps_per_epoch(stage.workload, plan, "test")
     lines = [f"### {stage.budget:,} steps ({epochs:.3g} epochs)", "",
@@ -257,7 +243,7 @@ def _stage_section(plan: Plan, stage: BudgetStage, results: Results) -> list[str
             lines.append(f"| {label} | {done} of {len(trials)} | - | - | - |")
             continue
         edge = " *edge*" if _at_edge(trials, chosen) else ""
-        mean = _mean_effective_step(chosen, plan)
+        mean = mean_effective_step(chosen, plan)
         lines.append(f"| {label} | {len(trials)} | {describe(chosen.optimizer)}{edge} | "
                      f"{_accuracy(results[chosen.id])} | "
                      f"{'-' if mean is None else f'{mean:.3g}'} |")  # fmt: skip
@@ -386,8 +372,7 @@ def _first_budget_section(
         for label, trial in tried + extra:
             if trial.id not in results:
                 continue
-            steps = trial_steps(trial, plan)
-            mean = trial.optimizer["lr"] * effective_step_integral(trial.optimizer, steps)
+            mean = mean_effective_step(trial, plan)
             lines.append(f"| {label} | {describe(trial.optimizer)} | "
                          f"{_accuracy(results[trial.id])} | {mean:.3g} |")  # fmt: skip
         lines.append("")
