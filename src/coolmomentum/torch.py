@@ -300,6 +300,23 @@ class CoolMomentum(Optimizer):
                 if p in saved_buffers and wanted != p.dtype:
                     self.state[p]["momentum_buffer"] = saved_buffers[p].to(p.device, wanted)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim pickles the defaults, state and groups alone; the noise generators'
+        # positions go too, so that a copy (copy.deepcopy, pickle) draws the same noise.
+        state = super().__getstate__()
+        state["noise_generators"] = {k: g.get_state() for k, g in self._generators.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        generator_states = state.pop("noise_generators", {})
+        super().__setstate__(state)
+        self._generators = {}
+        for device, rng_state in generator_states.items():
+            self._generator(torch.device(device)).set_state(rng_state)
+        self._schedules = {}
+        self._element_counts = {}
+
     def _latest_rho(self, group: dict[str, Any]) -> float:
         """The ``rho`` of the group's latest step (``rho_0`` before the first), as a float."""
         step = int(group["step"].item()) if "step" in group else 0

@@ -1,5 +1,8 @@
 """CoolMomentum's ``noise_std``: the temperature it sets, and its reproducibility."""
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +122,18 @@ def test_noise_is_what_moves_parameters_at_a_minimum():
     x.grad = torch.zeros_like(x)
     opt.step()
     assert x.std().item() == pytest.approx(0.1 / 2 * 2.0, rel=0.03)
+
+
+@pytest.mark.parametrize("copy_of", [copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))],
+                         ids=["deepcopy", "pickle"])  # fmt: skip
+def test_a_copied_optimizer_continues_like_the_original(copy_of):
+    # copy.deepcopy and pickle copy the parameters with the optimizer; the copy's steps, noise
+    # included, must match the original's, and stepping one must not move the other's noise.
+    params = make_params()
+    opt = make_opt(params, 5)
+    run(params, opt, 6)
+    copied = copy_of({"params": params, "opt": opt})
+    expected = run(params, opt, 9)
+    got = run(copied["params"], copied["opt"], 9)
+    assert all(torch.equal(x, y) for x, y in zip(expected, got))
+    assert copied["opt"].state_dict()["param_groups"][0]["step"] == 15
