@@ -28,7 +28,10 @@ CoolMomentum shape's mean effective step, as a multiple of the mean effective st
 with cosine decay (``lr / (1 - momentum) / 2``) tuned on the same workload and budget; the
 multiple is the geometric mean over every workload and budget. On the check's workload SGD
 is tuned as everywhere, each shape is tried at the lr the rule predicts and at
-``TRANSFER_FACTORS`` times it, and the report says how far the predicted lr was from the best.
+``TRANSFER_FACTORS`` times it (at its arm's ``rho_0``, and the default shape once more at the
+``rho_0`` the docs recommend, ``RECOMMENDED_RHO_0``: the first try a user makes). These grids
+grow past an edge as the tuning grids do, and the report says how far the predicted lr was
+from the best.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coolmomentum.experiments.optimizers import SCHEDULE_FREE_BN_BATCHES
-from coolmomentum.schedules import Schedule
+from coolmomentum.schedules import DEFAULT_SCHEDULE, Schedule
 
 from .records import TrialResult
 
@@ -71,6 +74,7 @@ EDGE_EXTENSIONS = 2  # a grid whose best trial sits at an edge grows past it, at
 COLLAPSED_BELOW = 0.2  # a trial's accuracy below this: it collapsed (chance is 0.1)
 MOMENTUM_WARMUP_FRACTION = 0.02  # the authors' EfficientNet run: 3,127 of 218,948 steps, 1.4 %
 TRANSFER_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # around the predicted lr
+RECOMMENDED_RHO_0 = 0.9  # the transfer check's extra row: the default shape at this rho_0
 FIRST_N_LABEL = "coolmomentum-first-n"
 BEST_LABEL = "coolmomentum-best"
 
@@ -233,7 +237,7 @@ def quick_plan(data_dir: str | None) -> Plan:
     workload at two budgets, one lr per arm at the first, one CoolMomentum shape kept."""
     plan = budgets_plan()
     mlp = plan.workloads[0]
-    arms = ("sgd", "adamw-cooled", "coolmomentum-linear-temperature", "coolmomentum-exponential")
+    arms = ("sgd", "adamw-cooled", "coolmomentum-cosine-temperature", "coolmomentum-exponential")
     tiny = {"train_subset": 64, "test_subset": 32, "batch_size": 16, "eval_batch_size": 32}
     workload = dataclasses.replace(
         mlp, settings={**mlp.settings, **tiny}, budgets=(4, 8),
@@ -515,8 +519,8 @@ class TransferStage:
     budget: int
     sgd: list[Trial]
     rule: dict[str, float]  # per shape: the multiple of SGD's mean effective step
-    predicted: dict[str, float] = field(default_factory=dict)  # per shape: the lr
-    trials: dict[str, list[Trial]] = field(default_factory=dict)  # per shape, by factor
+    predicted: dict[str, float] = field(default_factory=dict)  # per row: the lr
+    trials: dict[str, list[Trial]] = field(default_factory=dict)  # per row, by lr
 
     def all_trials(self) -> list[Trial]:
         return self.sgd + [t for ts in self.trials.values() for t in ts]
@@ -540,15 +544,23 @@ def transfer_stage(
     sgd = _best(stage.sgd, results)
     if sgd is None:
         return stage
-    for label, multiple in rule.items():
+    default = f"coolmomentum-{DEFAULT_SCHEDULE}"
+    rows = [(label, label, ARMS[label].settings) for label in rule]
+    if default in rule:
+        row = f"{default}, rho_0 {RECOMMENDED_RHO_0:g}"
+        rows.append((row, default, {**ARMS[default].settings, "rho_0": RECOMMENDED_RHO_0}))
+    for row, label, settings in rows:
         arm = ARMS[label]
-        draft = maker.trial(arm, {**arm.settings, "lr": 1.0}, stage="transfer")
+        draft = maker.trial(arm, {**settings, "lr": 1.0}, stage="transfer")
         per_lr = effective_step_integral(draft.optimizer, trial_steps(draft, plan))
-        stage.predicted[label] = multiple * sgd_mean_effective_step(sgd.optimizer) / per_lr
-        stage.trials[label] = [
-            maker.trial(arm, {**arm.settings, "lr": stage.predicted[label] * f}, stage="transfer")
-            for f in TRANSFER_FACTORS
-        ]
+        predicted = rule[label] * sgd_mean_effective_step(sgd.optimizer) / per_lr
+        stage.predicted[row] = predicted
+        stage.trials[row] = _extended(
+            [predicted * f for f in TRANSFER_FACTORS],
+            lambda lr, arm=arm, settings=settings: maker.trial(
+                arm, {**settings, "lr": lr}, stage="transfer"),
+            results,
+        )  # fmt: skip
     return stage
 
 

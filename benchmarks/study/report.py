@@ -26,6 +26,7 @@ from .plan import (
     COLLAPSED_BELOW,
     COOLMOMENTUM_ARMS,
     FIRST_N_LABEL,
+    RECOMMENDED_RHO_0,
     TRANSFER_FACTORS,
     BudgetStage,
     Plan,
@@ -396,16 +397,30 @@ def _transfer_section(plan: Plan, all_stages: list[BudgetStage], results: Result
     if stage is None:
         return [*lines, "", "The check waits for every budget's final runs.", ""]
     sgd = _best_finished(stage.sgd, results)
+    # Each row's trials by their multiple of its predicted lr; grids that grew past an edge
+    # add columns.
+    by_factor = {
+        row: {float(f"{t.optimizer['lr'] / stage.predicted[row]:.3g}"): t for t in trials}
+        for row, trials in stage.trials.items()
+    }
+    factors = sorted({f for cells in by_factor.values() for f in cells})
     lines += ["", f"The check on {stage.workload.title}, {stage.budget:,} steps (validation "
               f"accuracy; SGD-cosine tuned there: {describe(sgd.optimizer) if sgd else '-'}, "
-              f"{_accuracy(results.get(sgd.id)) if sgd else '-'}). Each shape at the lr the "
-              f"rule predicts times {', '.join(f'{f:g}' for f in TRANSFER_FACTORS)}:", "",
-              "| shape | predicted lr | val acc at x"
-              + " | x".join(f"{f:g}" for f in TRANSFER_FACTORS) + " |",
-              "|---|---:|" + "---:|" * len(TRANSFER_FACTORS)]  # fmt: skip
-    for label, trials in stage.trials.items():
-        cells = " | ".join(_accuracy(results.get(t.id)) for t in trials)
-        lines.append(f"| {label} | {stage.predicted[label]:.3g} | {cells} |")
+              f"{_accuracy(results.get(sgd.id)) if sgd else '-'}). Each shape at its arm's "
+              f"`rho_0` and the default shape at `rho_0` {RECOMMENDED_RHO_0:g}, at the lr the "
+              f"rule predicts times {', '.join(f'{f:g}' for f in TRANSFER_FACTORS)}, and past "
+              "an edge where the best sat there (at most twice):", "",
+              "| row | predicted lr | val acc at x" + " | x".join(f"{f:g}" for f in factors)
+              + " | best at |", "|---|---:|" + "---:|" * len(factors) + "---:|"]  # fmt: skip
+    for row, cells in by_factor.items():
+        accuracies = " | ".join(
+            _accuracy(results.get(cells[f].id)) if f in cells else "" for f in factors
+        )
+        best = _best_finished(list(cells.values()), results)
+        at = f"x{best.optimizer['lr'] / stage.predicted[row]:.3g}" if best else "-"
+        if best and min(cells) != max(cells) and best in (cells[min(cells)], cells[max(cells)]):
+            at += " (edge)"
+        lines.append(f"| {row} | {stage.predicted[row]:.3g} | {accuracies} | {at} |")
     return [*lines, ""]
 
 
