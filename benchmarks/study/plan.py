@@ -361,9 +361,9 @@ class _Maker:
         return sized
 
     def grid(
-        self, arm: Arm, lrs: list[float], base: dict[str, Any], results: Results
+        self, arm: Arm, lrs: list[float], base: dict[str, Any], results: Results, **fields: Any
     ) -> list[Trial]:
-        return _extended(lrs, lambda lr: self.trial(arm, {**base, "lr": lr}), results)
+        return _extended(lrs, lambda lr: self.trial(arm, {**base, "lr": lr}, **fields), results)
 
 
 def _arms_at(
@@ -555,12 +555,8 @@ def transfer_stage(
         per_lr = effective_step_integral(draft.optimizer, trial_steps(draft, plan))
         predicted = rule[label] * sgd_mean_effective_step(sgd.optimizer) / per_lr
         stage.predicted[row] = predicted
-        stage.trials[row] = _extended(
-            [predicted * f for f in TRANSFER_FACTORS],
-            lambda lr, arm=arm, settings=settings: maker.trial(
-                arm, {**settings, "lr": lr}, stage="transfer"),
-            results,
-        )  # fmt: skip
+        lrs = [predicted * f for f in TRANSFER_FACTORS]
+        stage.trials[row] = maker.grid(arm, lrs, settings, results, stage="transfer")
     return stage
 
 
