@@ -446,11 +446,28 @@ def _gap_figure(
     if not curves:
         return None
     fig, ax = _plot.figure(size=(7, 4.5))
+    drawn = {}  # per curve: its steps, mean gaps and spreads, in points
     for name, points in curves.items():
-        xs = [s for s, _ in points]
         means = [100 * statistics.mean(g) for _, g in points]
         spread = [100 * (statistics.stdev(g) if len(g) > 1 else 0.0) for _, g in points]
-        ax.errorbar(xs, means, yerr=spread, marker="o", capsize=3, label=name)
+        drawn[name] = ([s for s, _ in points], means, spread)
+    # The scale is the current plan's; an earlier plan's point beyond it (a collapsed seed)
+    # is drawn at the edge, its value in the legend.
+    names = {w.name for w in plan.workloads}
+    current = [(m, e) for name, (_, ms, es) in drawn.items() if name in names
+               for m, e in zip(ms, es, strict=True)]  # fmt: skip
+    low = min([0.0, *(m - e for m, e in current)]) - 0.5
+    high = max([0.0, *(m + e for m, e in current)]) + 0.5
+    for name, (xs, means, spread) in drawn.items():
+        if all(low <= m <= high for m in means) or not current:
+            ax.errorbar(xs, means, yerr=spread, marker="o", capsize=3, label=name)
+            continue
+        edge = [min(max(m, low), high) for m in means]
+        values = ", ".join(f"{m:+.1f} ± {e:.1f}" for m, e in zip(means, spread, strict=True))
+        ax.plot(xs, edge, marker="v" if edge[0] == low else "^", ls="",
+                label=f"{name}: {values}, off the scale")  # fmt: skip
+    if current:
+        ax.set_ylim(low, high)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xscale="log", xlabel="optimizer steps of the final runs",
            ylabel="best CoolMomentum - best rival (points)",
