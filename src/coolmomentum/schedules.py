@@ -62,7 +62,8 @@ SCHEDULES = (
 _NEEDS_TOTAL_STEPS = SCHEDULES[:-1]
 # The schedule when none is named. The optimizer study (benchmarks/results/study.md) tuned each
 # shape on its own: cosine-temperature scored above the paper's Eq. 20 at every workload and
-# budget, and within 0.2 points of the best shape at each workload's first budget (rho_0 0.99).
+# budget but the convnet's longest (level there), and within 0.2 points of the best shape at
+# each workload's first budget (rho_0 0.99).
 DEFAULT_SCHEDULE = "cosine-temperature"
 
 RhoFn = Callable[[Any], Any]
