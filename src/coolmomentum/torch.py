@@ -308,14 +308,17 @@ class CoolMomentum(Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Also called by torch.optim's load_state_dict with the state and groups alone: the
+        # generators (a caller's own among them) and caches are kept then.
         state = dict(state)
-        generator_states = state.pop("noise_generators", {})
+        generator_states = state.pop("noise_generators", None)
         super().__setstate__(state)
-        self._generators = {}
-        for device, rng_state in generator_states.items():
-            self._generator(torch.device(device)).set_state(rng_state)
-        self._schedules = {}
-        self._element_counts = {}
+        if generator_states is not None:  # a copy: copy.deepcopy or pickle
+            self._generators = {}
+            for device, rng_state in generator_states.items():
+                self._generator(torch.device(device)).set_state(rng_state)
+        self.__dict__.setdefault("_schedules", {})
+        self.__dict__.setdefault("_element_counts", {})
 
     def _latest_rho(self, group: dict[str, Any]) -> float:
         """The ``rho`` of the group's latest step (``rho_0`` before the first), as a float."""

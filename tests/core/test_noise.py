@@ -137,3 +137,19 @@ def test_a_copied_optimizer_continues_like_the_original(copy_of):
     got = run(copied["params"], copied["opt"], 9)
     assert all(torch.equal(x, y) for x, y in zip(expected, got))
     assert copied["opt"].state_dict()["param_groups"][0]["step"] == 15
+
+
+def test_loading_a_state_without_generators_keeps_the_callers_generator():
+    # A state_dict without noise generators (DCP's, or one saved before any noise was drawn)
+    # leaves the generator passed to the optimizer in use: a caller restores it themselves.
+    params = make_params()
+    generator = torch.Generator().manual_seed(3)
+    opt = CoolMomentum(params, lr=0.05, rho_0=0.9, total_steps=30, noise_std=0.5,
+                       generator=generator)  # fmt: skip
+    run(params, opt, 2)
+    saved = opt.state_dict()
+    del saved["noise_generators"]
+    opt.load_state_dict(saved)
+    before = generator.get_state()
+    run(params, opt, 1)
+    assert not torch.equal(generator.get_state(), before)
