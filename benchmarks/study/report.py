@@ -418,7 +418,7 @@ def _transfer_section(plan: Plan, all_stages: list[BudgetStage], results: Result
         )
         best = _best_finished(list(cells.values()), results)
         at = f"x{best.optimizer['lr'] / stage.predicted[row]:.3g}" if best else "-"
-        if best and min(cells) != max(cells) and best in (cells[min(cells)], cells[max(cells)]):
+        if best and _at_edge(list(cells.values()), best):
             at += " (edge)"
         lines.append(f"| {row} | {stage.predicted[row]:.3g} | {accuracies} | {at} |")
     return [*lines, ""]

@@ -268,6 +268,15 @@ class CoolMomentum(Optimizer):
             self._generators[key] = torch.Generator(device).manual_seed(torch.initial_seed())
         return self._generators[key]
 
+    def _generator_states(self) -> dict[str, Tensor]:
+        """Each noise generator's state, by device."""
+        return {device: g.get_state() for device, g in self._generators.items()}
+
+    def _restore_generators(self, states: dict[str, Tensor]) -> None:
+        """Set the noise generators to ``states`` (as :meth:`_generator_states` gives them)."""
+        for device, rng_state in states.items():
+            self._generator(torch.device(device)).set_state(rng_state)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # A callable schedule is saved as None: the one this optimizer was built with stays.
         callables = [g["schedule"] for g in self.param_groups]
@@ -287,8 +296,7 @@ class CoolMomentum(Optimizer):
         }
         generator_states = state_dict.get("noise_generators", {})
         super().load_state_dict(state_dict)
-        for device, rng_state in generator_states.items():
-            self._generator(torch.device(device)).set_state(rng_state)
+        self._restore_generators(generator_states)
         for group, mine in zip(self.param_groups, callables, strict=False):
             if group["schedule"] is None:
                 group["schedule"] = mine
@@ -304,7 +312,7 @@ class CoolMomentum(Optimizer):
         # torch.optim pickles the defaults, state and groups alone; the noise generators'
         # positions go too, so that a copy (copy.deepcopy, pickle) draws the same noise.
         state = super().__getstate__()
-        state["noise_generators"] = {k: g.get_state() for k, g in self._generators.items()}
+        state["noise_generators"] = self._generator_states()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -315,8 +323,7 @@ class CoolMomentum(Optimizer):
         super().__setstate__(state)
         if generator_states is not None:  # a copy: copy.deepcopy or pickle
             self._generators = {}
-            for device, rng_state in generator_states.items():
-                self._generator(torch.device(device)).set_state(rng_state)
+            self._restore_generators(generator_states)
         self.__dict__.setdefault("_schedules", {})
         self.__dict__.setdefault("_element_counts", {})
 
@@ -331,7 +338,7 @@ class CoolMomentum(Optimizer):
             if callable(group["schedule"]):
                 group["schedule"] = None
         if self._generators:
-            state["noise_generators"] = {k: g.get_state() for k, g in self._generators.items()}
+            state["noise_generators"] = self._generator_states()
         return state
 
     @torch.no_grad()
